@@ -1,0 +1,95 @@
+"""The one adapter interface every provider kind implements, and the registry by kind.
+
+Routing never branches on a provider's name or kind: it asks the registry for the adapter of
+a ProviderConfig and calls these methods."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingsNotSupported,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """What an adapter needs to call one upstream account; built by the catalog snapshot."""
+
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    secret: str = field(default="", repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 60.0
+    stream_idle_timeout_s: float = 60.0
+    total_timeout_s: float = 600.0
+    max_retries: int = 1
+
+
+class ProviderAdapter(ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """One non-streaming completion. Raises a ProviderError subclass on failure."""
+
+    @abstractmethod
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Streamed completion: an async iterator of chunks; the last carries usage when the
+        upstream reports it. Closing the iterator (aclose) must close the upstream request."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        raise EmbeddingsNotSupported(f"provider kind {self.kind} has no embeddings endpoint")
+
+    async def aclose(self) -> None:
+        """Release pooled connections; called on shutdown."""
+
+
+_REGISTRY: dict[str, type[ProviderAdapter]] = {}
+
+
+def register_adapter(cls: type[ProviderAdapter]) -> type[ProviderAdapter]:
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def adapter_class_for(kind: str) -> type[ProviderAdapter]:
+    return _REGISTRY[kind]
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+_instances: dict[int, ProviderAdapter] = {}
+
+
+def adapter_for(config: ProviderConfig) -> ProviderAdapter:
+    """The process-wide adapter (and so connection pool) of one provider; rebuilt when the
+    provider's configuration changes."""
+    adapter = _instances.get(config.id)
+    if adapter is None or adapter.config != config:
+        adapter = adapter_class_for(config.kind)(config)
+        _instances[config.id] = adapter
+    return adapter
+
+
+async def adapters_close() -> None:
+    adapters = list(_instances.values())
+    _instances.clear()
+    for adapter in adapters:
+        await adapter.aclose()

@@ -1,0 +1,112 @@
+"""The in-process catalog snapshot: providers and models as plain frozen objects, loaded in one
+go and swapped atomically, so the request path never queries the database for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import transaction
+
+from providers.adapters.base import ProviderConfig
+from providers.models import Model, Provider
+from providers.secrets import provider_secret_resolve
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    id: int
+    name: str
+    provider_id: int
+    upstream_model: str
+    input_price_per_mtok: Decimal
+    output_price_per_mtok: Decimal
+    context_window: int
+    max_output_tokens: int
+    supports_streaming: bool
+    supports_tools: bool
+    supports_vision: bool
+    supports_embeddings: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    providers: dict[int, ProviderConfig]
+    models: dict[str, ModelEntry]
+    models_by_id: dict[int, ModelEntry]
+
+
+def provider_config_from(provider: Provider) -> ProviderConfig:
+    return ProviderConfig(
+        id=provider.id,
+        name=provider.name,
+        kind=provider.kind,
+        base_url=provider.base_url,
+        secret=provider_secret_resolve(
+            secret_env=provider.secret_env, secret_encrypted=provider.secret_encrypted
+        ),
+        options=dict(provider.options or {}),
+        connect_timeout_s=provider.connect_timeout_s,
+        first_byte_timeout_s=provider.first_byte_timeout_s,
+        stream_idle_timeout_s=provider.stream_idle_timeout_s,
+        total_timeout_s=provider.total_timeout_s,
+        max_retries=provider.max_retries,
+    )
+
+
+def model_entry_from(model: Model) -> ModelEntry:
+    return ModelEntry(
+        id=model.id,
+        name=model.name,
+        provider_id=model.provider_id,
+        upstream_model=model.upstream_model,
+        input_price_per_mtok=model.input_price_per_mtok,
+        output_price_per_mtok=model.output_price_per_mtok,
+        context_window=model.context_window,
+        max_output_tokens=model.max_output_tokens,
+        supports_streaming=model.supports_streaming,
+        supports_tools=model.supports_tools,
+        supports_vision=model.supports_vision,
+        supports_embeddings=model.supports_embeddings,
+    )
+
+
+def _build(providers: list[Provider], models: list[Model]) -> Catalog:
+    provider_configs = {p.id: provider_config_from(p) for p in providers}
+    entries = [model_entry_from(m) for m in models if m.provider_id in provider_configs]
+    return Catalog(
+        providers=provider_configs,
+        models={e.name: e for e in entries},
+        models_by_id={e.id: e for e in entries},
+    )
+
+
+def catalog_load() -> Catalog:
+    providers = list(Provider.objects.filter(is_active=True))
+    models = list(Model.objects.filter(is_active=True))
+    return _build(providers, models)
+
+
+async def catalog_aload() -> Catalog:
+    providers = [p async for p in Provider.objects.filter(is_active=True)]
+    models = [m async for m in Model.objects.filter(is_active=True)]
+    return _build(providers, models)
+
+
+# Listeners told (after commit) that the catalog changed; gateway wiring registers the one that
+# bumps the shared config version so every process drops its snapshot.
+_change_listeners: list[Callable[[], None]] = []
+
+
+def catalog_change_listener_add(listener: Callable[[], None]) -> None:
+    if listener not in _change_listeners:
+        _change_listeners.append(listener)
+
+
+def catalog_changed() -> None:
+    def _notify() -> None:
+        for listener in list(_change_listeners):
+            listener()
+
+    transaction.on_commit(_notify)

@@ -1,0 +1,75 @@
+"""Client-facing errors: one exception type and one place that shapes OpenAI error bodies."""
+
+from __future__ import annotations
+
+import orjson
+from django.http import HttpResponse
+
+from providers.types import ProviderError, ProviderRateLimited
+from tenants.admission import AdmissionDenied
+
+
+class GatewayError(Exception):
+    def __init__(
+        self,
+        *,
+        status: int,
+        message: str,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def gateway_error_from_provider(exc: ProviderError) -> GatewayError:
+    headers: dict[str, str] = {}
+    if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
+        headers["x-should-retry"] = "true"
+    return GatewayError(
+        status=exc.status,
+        message=exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        headers=headers,
+    )
+
+
+def gateway_error_from_admission(exc: AdmissionDenied) -> GatewayError:
+    headers = dict(exc.headers)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(-(-exc.retry_after // 1))))
+    return GatewayError(
+        status=exc.status,
+        message=exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        headers=headers,
+    )
+
+
+def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(
+        orjson.dumps(error.body()), status=error.status, content_type="application/json"
+    )
+    for name, value in {**(extra_headers or {}), **error.headers}.items():
+        response[name] = value
+    return response

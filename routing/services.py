@@ -1,0 +1,401 @@
+"""One inference request, top to bottom: admit, run the route's strategy over the adapters,
+settle, and leave exactly one usage event, whatever happens (success, upstream failure, client
+disconnect, cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from providers.adapters.base import adapter_for
+from providers.pricing import cost_usd
+from providers.tokens import count_message_tokens, count_text_tokens, estimate_prompt_tokens_fast
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    Usage,
+)
+from routing.snapshot import ResolvedRoute, Target
+from tenants.admission import Admission, request_admit, request_settle
+from tenants.policy import KeyPolicy
+from usage.services import usage_event_record
+
+logger = logging.getLogger("gateway.routing")
+
+RETRY_BASE_DELAY_S = 0.1
+RETRY_MAX_DELAY_S = 2.0
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    model_id: int
+    provider_id: int
+    status_code: int
+    error_type: str
+    latency_ms: float
+
+
+def retry_delay(retry_index: int, retry_after: float | None) -> float | None:
+    """Seconds to wait before retrying the same target, or None to move on to the next one
+    (the upstream asked for a longer pause than we are willing to hold the client)."""
+    if retry_after is not None:
+        return retry_after if retry_after <= RETRY_MAX_DELAY_S else None
+    backoff = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * (2**retry_index))
+    return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+
+
+def target_order(route: ResolvedRoute) -> list[Target]:
+    """Targets in the order to try them: the chain as written, or a weighted random start
+    for load balancing; each distinct target once."""
+    targets = list(route.targets)
+    if route.strategy == "loadbalance" and len(targets) > 1:
+        start = random.randrange(len(targets))  # noqa: S311
+        targets = targets[start:] + targets[:start]
+    seen: set[tuple[int, int]] = set()
+    ordered = []
+    for target in targets:
+        ident = (target.model.id, target.provider.id)
+        if ident not in seen:
+            seen.add(ident)
+            ordered.append(target)
+    return ordered[: route.max_attempts] if route.max_attempts else ordered
+
+
+class InferenceCall:
+    """State of one request. `finish` is idempotent and emits the single usage event."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        policy: KeyPolicy,
+        route: ResolvedRoute,
+        endpoint: str = "chat",
+        stream: bool = False,
+    ) -> None:
+        self.request_id = request_id
+        self.policy = policy
+        self.route = route
+        self.endpoint = endpoint
+        self.stream_mode = stream
+        self.created_at = datetime.now(tz=UTC)
+        self.started = time.perf_counter()
+        self.admission: Admission | None = None
+        self.attempts: list[AttemptRecord] = []
+        self.served: Target | None = None
+        self.usage: Usage | None = None
+        self.ttft_ms: float | None = None
+        self.cost: Decimal = Decimal(0)
+        self._finished = False
+        self._messages: list[dict[str, Any]] = []
+        self._streamed_text: list[str] = []
+
+    # -- admission ---------------------------------------------------------------------
+    async def admit(self, *, messages: list[dict[str, Any]], max_tokens: int | None) -> None:
+        self._messages = messages
+        targets = self.route.targets
+        max_out = max_tokens or max(t.model.max_output_tokens for t in targets)
+        self.admission = await request_admit(
+            policy=self.policy,
+            request_id=self.request_id,
+            estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
+            max_output_tokens=max_out,
+            input_price_per_mtok=max(t.model.input_price_per_mtok for t in targets),
+            output_price_per_mtok=max(t.model.output_price_per_mtok for t in targets),
+        )
+
+    @property
+    def rate_limit_headers(self) -> dict[str, str]:
+        return dict(self.admission.headers) if self.admission else {}
+
+    def gateway_headers(self) -> dict[str, str]:
+        headers = self.rate_limit_headers
+        if self.served is not None:
+            headers["x-gateway-model"] = self.served.model.name
+            headers["x-gateway-provider"] = self.served.provider.name
+        headers["x-gateway-route"] = self.route.name
+        headers["x-gateway-fallbacks"] = str(self.fallbacks)
+        headers["x-gateway-cost-usd"] = format(self.cost, "f")
+        return headers
+
+    @property
+    def fallbacks(self) -> int:
+        targets = {(a.model_id, a.provider_id) for a in self.attempts}
+        return max(0, len(targets) - 1)
+
+    # -- execution ---------------------------------------------------------------------
+    def _request_for(self, chat: ChatRequest, target: Target) -> ChatRequest:
+        max_tokens = chat.max_tokens or target.model.max_output_tokens
+        return dataclasses.replace(chat, model=target.model.upstream_model, max_tokens=max_tokens)
+
+    def _record(self, target: Target, started: float, status: int, error_type: str = "") -> None:
+        self.attempts.append(
+            AttemptRecord(
+                model_id=target.model.id,
+                provider_id=target.provider.id,
+                status_code=status,
+                error_type=error_type,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        )
+
+    async def _attempts(self):
+        """Yields (target, retry_index) in strategy order, sleeping between retries."""
+        for target in target_order(self.route):
+            retries = max(0, target.provider.max_retries)
+            for retry_index in range(retries + 1):
+                yield target, retry_index
+
+    async def _handle_failure(
+        self, target: Target, exc: ProviderError, retry_index: int
+    ) -> str:
+        """Returns 'raise', 'retry' or 'next'."""
+        if not exc.retryable:
+            return "raise"
+        if retry_index < max(0, target.provider.max_retries):
+            retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+            delay = retry_delay(retry_index, retry_after)
+            if delay is not None:
+                await asyncio.sleep(delay)
+                return "retry"
+        return "next"
+
+    async def complete(self, chat: ChatRequest) -> ChatResponse:
+        last_error: ProviderError | None = None
+        skip_target: Target | None = None
+        async for target, retry_index in self._attempts():
+            if target is skip_target:
+                continue
+            adapter = adapter_for(target.provider)
+            started = time.perf_counter()
+            try:
+                response = await adapter.chat(self._request_for(chat, target))
+            except ProviderError as exc:
+                self._record(target, started, exc.upstream_status or exc.status, exc.code)
+                last_error = exc
+                decision = await self._handle_failure(target, exc, retry_index)
+                if decision == "raise":
+                    raise
+                if decision == "next":
+                    skip_target = target
+                continue
+            self._record(target, started, 200)
+            self.served = target
+            self.usage = response.usage
+            self.ttft_ms = self.attempts[-1].latency_ms
+            return response
+        assert last_error is not None
+        raise last_error
+
+    async def stream(self, chat: ChatRequest) -> AsyncIterator[Chunk]:
+        """Chunks of the first target that starts answering; fallbacks happen only before the
+        first chunk, since after it the client has seen this target's output."""
+        last_error: ProviderError | None = None
+        skip_target: Target | None = None
+        async for target, retry_index in self._attempts():
+            if target is skip_target:
+                continue
+            adapter = adapter_for(target.provider)
+            started = time.perf_counter()
+            iterator = adapter.stream_chat(self._request_for(chat, target))
+            try:
+                first = await anext(iterator)
+            except StopAsyncIteration:
+                exc: ProviderError = ProviderProtocolError("upstream stream ended without data")
+            except ProviderError as err:
+                exc = err
+            else:
+                self._record(target, started, 200)
+                self.served = target
+                self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 3)
+                try:
+                    self._observe(first)
+                    yield first
+                    async for chunk in iterator:
+                        self._observe(chunk)
+                        yield chunk
+                finally:
+                    await iterator.aclose()
+                return
+            await iterator.aclose()
+            self._record(target, started, exc.upstream_status or exc.status, exc.code)
+            last_error = exc
+            decision = await self._handle_failure(target, exc, retry_index)
+            if decision == "raise":
+                raise exc
+            if decision == "next":
+                skip_target = target
+        assert last_error is not None
+        raise last_error
+
+    def _observe(self, chunk: Chunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.content:
+            self._streamed_text.append(chunk.content)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        last_error: ProviderError | None = None
+        for target in target_order(self.route):
+            adapter = adapter_for(target.provider)
+            started = time.perf_counter()
+            try:
+                response = await adapter.embed(
+                    dataclasses.replace(request, model=target.model.upstream_model)
+                )
+            except ProviderError as exc:
+                self._record(target, started, exc.upstream_status or exc.status, exc.code)
+                last_error = exc
+                if not exc.retryable:
+                    raise
+                continue
+            self._record(target, started, 200)
+            self.served = target
+            self.usage = response.usage
+            return response
+        assert last_error is not None
+        raise last_error
+
+    # -- settlement --------------------------------------------------------------------
+    def _final_usage(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        if self.served is None:
+            return Usage()
+        # The upstream did not report usage (or the client left first): count it ourselves.
+        return Usage(
+            prompt_tokens=count_message_tokens(self._messages),
+            completion_tokens=count_text_tokens("".join(self._streamed_text)),
+            estimated=True,
+        )
+
+    async def finish(self, *, status_code: int, outcome: str, error_type: str = "") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        usage = self._final_usage()
+        target = self.served
+        if target is not None:
+            self.cost = cost_usd(
+                tokens_in=usage.prompt_tokens,
+                tokens_out=usage.completion_tokens,
+                input_price_per_mtok=target.model.input_price_per_mtok,
+                output_price_per_mtok=target.model.output_price_per_mtok,
+            )
+        payload = usage_event_payload(
+            call=self, usage=usage, status_code=status_code, outcome=outcome, error_type=error_type
+        )
+        stored = False
+        if self.admission is not None:
+            stored = await request_settle(
+                admission=self.admission,
+                cost_usd=self.cost,
+                tokens_used=usage.total_tokens,
+                usage_event=payload,
+            )
+        if not stored:
+            await usage_event_record(payload=payload)
+        logger.info(
+            "request.finished",
+            extra={
+                "tenant_id": self.policy.tenant_id if self.policy else None,
+                "api_key_id": self.policy.key_id if self.policy else None,
+                "route": self.route.name if self.route else "",
+                "status_code": status_code,
+                "outcome": outcome,
+                "tokens_in": usage.prompt_tokens,
+                "tokens_out": usage.completion_tokens,
+                "cost_usd": format(self.cost, "f"),
+                "latency_ms": payload["latency_ms"],
+            },
+        )
+
+
+def usage_event_payload(
+    *,
+    call: InferenceCall | None,
+    usage: Usage,
+    status_code: int,
+    outcome: str,
+    error_type: str,
+    request_id: str | None = None,
+    policy: KeyPolicy | None = None,
+    route_name: str = "",
+    endpoint: str = "chat",
+    started: float | None = None,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The usage event as a plain dict (what the stream and the writer carry)."""
+    if call is not None:
+        request_id, policy, route_name = call.request_id, call.policy, call.route.name
+        endpoint, started, created_at = call.endpoint, call.started, call.created_at
+    target = call.served if call is not None else None
+    return {
+        "request_id": request_id,
+        "created_at": (created_at or datetime.now(tz=UTC)).isoformat(),
+        "tenant_id": policy.tenant_id if policy else None,
+        "api_key_id": policy.key_id if policy else None,
+        "route": route_name,
+        "model": target.model.name if target else "",
+        "model_id": target.model.id if target else None,
+        "provider_id": target.provider.id if target else None,
+        "upstream_model": target.model.upstream_model if target else "",
+        "endpoint": endpoint,
+        "stream": call.stream_mode if call is not None else False,
+        "tokens_in": usage.prompt_tokens,
+        "tokens_out": usage.completion_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "usage_estimated": usage.estimated,
+        "input_price_per_mtok": str(target.model.input_price_per_mtok) if target else "0",
+        "output_price_per_mtok": str(target.model.output_price_per_mtok) if target else "0",
+        "cost_usd": format(call.cost, "f") if call is not None else "0",
+        "latency_ms": round((time.perf_counter() - (started or time.perf_counter())) * 1000, 3),
+        "ttft_ms": call.ttft_ms if call is not None else None,
+        "status_code": status_code,
+        "outcome": outcome,
+        "error_type": error_type,
+        "fallbacks": call.fallbacks if call is not None else 0,
+        "attempts": [dataclasses.asdict(a) for a in call.attempts] if call is not None else [],
+    }
+
+
+async def rejected_request_record(
+    *,
+    request_id: str,
+    policy: KeyPolicy | None,
+    route_name: str,
+    endpoint: str,
+    status_code: int,
+    error_type: str,
+    started: float,
+) -> None:
+    """The usage event of a request refused before any upstream call (bad key, bad body,
+    unknown model, limit refusal): still exactly one event."""
+    payload = usage_event_payload(
+        call=None,
+        usage=Usage(),
+        status_code=status_code,
+        outcome="rejected",
+        error_type=error_type,
+        request_id=request_id,
+        policy=policy,
+        route_name=route_name,
+        endpoint=endpoint,
+        started=started,
+    )
+    await usage_event_record(payload=payload)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class BudgetPeriod(models.TextChoices):
+    DAILY = "daily", "Daily"
+    WEEKLY = "weekly", "Weekly"
+    MONTHLY = "monthly", "Monthly"
+    LIFETIME = "lifetime", "Lifetime"
+
+
+def default_alert_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
+class LimitsMixin(models.Model):
+    """Limits and budgets shared by tenants and keys. Null means unlimited."""
+
+    budget_usd = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
+    budget_period = models.CharField(
+        max_length=16, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTHLY
+    )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests/minute")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens/minute")
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Tenant(LimitsMixin):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    timezone = models.CharField(max_length=64, default="UTC")
+    is_active = models.BooleanField(default=True)
+    alert_thresholds = models.JSONField(default=default_alert_thresholds, blank=True)
+    alert_webhook_url = models.URLField(max_length=500, blank=True)
+    alert_email = models.EmailField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ApiKey(LimitsMixin):
+    """An issued key. Only a SHA-256 hash and a short display prefix are stored."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=32, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model or route names; empty means all"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="apikey_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.tenant_id})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class TenantMembership(models.Model):
+    """A Django user who administers one tenant (sees only that tenant's data)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, default="admin")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="uniq_membership")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.tenant_id}"
+
+
+class AuditEvent(models.Model):
+    """Who changed what, written by the service that made the change."""
+
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    actor = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target}"
