@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
@@ -23,7 +24,7 @@ class DemoSeedResult:
 
 
 @transaction.atomic
-def demo_seed(*, raw_key: str | None = None) -> DemoSeedResult:
+def demo_seed(*, raw_key: str | None = None, rotate: bool = False) -> DemoSeedResult:
     provider, _ = Provider.objects.get_or_create(
         name="mock", defaults={"kind": ProviderKind.MOCK, "options": {"latency_ms": 0}}
     )
@@ -60,7 +61,8 @@ def demo_seed(*, raw_key: str | None = None) -> DemoSeedResult:
                 key_hash=api_key_hash(raw_key),
             )
         new_key = raw_key
-    elif not tenant.api_keys.filter(name="demo").exists():
+    elif rotate or not tenant.api_keys.filter(name="demo", revoked_at__isnull=True).exists():
+        tenant.api_keys.filter(name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
         new_key = api_key_generate()
         ApiKey.objects.create(
             tenant=tenant, name="demo", prefix=api_key_display_prefix(new_key),

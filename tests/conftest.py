@@ -88,8 +88,6 @@ def gateway_server(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-        pytest.skip("live server tests need a database the server process can share (PostgreSQL)")
     if server == "daphne":
         cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                "gateway_project.asgi:application"]
