@@ -29,6 +29,7 @@ from providers.types import (
     ProviderRateLimited,
     Usage,
 )
+from routing.metrics import request_observe
 from routing.snapshot import ResolvedRoute, Target
 from tenants.admission import Admission, request_admit, request_settle
 from tenants.policy import KeyPolicy
@@ -309,6 +310,19 @@ class InferenceCall:
             )
         if not stored:
             await usage_event_record(payload=payload)
+        request_observe(
+            endpoint=self.endpoint,
+            route=self.route.name,
+            model=payload["model"],
+            outcome=outcome,
+            status=status_code,
+            tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens,
+            cost_usd=float(self.cost),
+            latency_s=payload["latency_ms"] / 1000,
+            ttft_s=self.ttft_ms / 1000 if self.ttft_ms is not None else None,
+            fallbacks=self.fallbacks,
+        )
         logger.info(
             "request.finished",
             extra={
