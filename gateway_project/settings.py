@@ -170,6 +170,17 @@ GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT",
 GATEWAY_UPSTREAM_READ_TIMEOUT = env_float("GATEWAY_UPSTREAM_READ_TIMEOUT", 60.0)
 GATEWAY_UPSTREAM_TOTAL_TIMEOUT = env_float("GATEWAY_UPSTREAM_TOTAL_TIMEOUT", 600.0)
 GATEWAY_MOCK_LATENCY_MS = env_float("GATEWAY_MOCK_LATENCY_MS", 0.0)
+# Streaming: an SSE comment goes out after this many seconds of upstream silence, so proxies
+# and clients keep the connection; early failures within that window still get a real status.
+GATEWAY_SSE_KEEPALIVE_SECONDS = env_float("GATEWAY_SSE_KEEPALIVE_SECONDS", 15.0)
+# Circuit breakers per deployment: open after N consecutive retryable failures, probe again
+# (half-open, one request) after the cooldown.
+GATEWAY_BREAKER_FAILURE_THRESHOLD = env_int("GATEWAY_BREAKER_FAILURE_THRESHOLD", 5)
+GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
+# Websocket /ws/v1/chat: requests in flight per connection, and how long a connection may stay
+# unauthenticated when the key comes in the first message.
+GATEWAY_WS_MAX_CONCURRENT_REQUESTS = env_int("GATEWAY_WS_MAX_CONCURRENT_REQUESTS", 4)
+GATEWAY_WS_AUTH_TIMEOUT_SECONDS = env_float("GATEWAY_WS_AUTH_TIMEOUT_SECONDS", 10.0)
 # Secrets of providers are encrypted at rest with a key derived from this (or SECRET_KEY).
 GATEWAY_ENCRYPTION_KEY = env_str("GATEWAY_ENCRYPTION_KEY", "")
 GATEWAY_USAGE_WRITE_MODE = env_str(

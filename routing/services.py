@@ -29,8 +29,15 @@ from providers.types import (
     ProviderRateLimited,
     Usage,
 )
+from routing.breakers import (
+    breaker_acquire,
+    breaker_available_targets,
+    breaker_record,
+    circuit_open_error,
+)
 from routing.metrics import request_observe
 from routing.snapshot import ResolvedRoute, Target
+from routing.strategies import strategy_order
 from tenants.admission import Admission, request_admit, request_settle
 from tenants.policy import KeyPolicy
 from usage.services import usage_event_record
@@ -60,19 +67,10 @@ def retry_delay(retry_index: int, retry_after: float | None) -> float | None:
 
 
 def target_order(route: ResolvedRoute) -> list[Target]:
-    """Targets in the order to try them: the chain as written, or a weighted random start
-    for load balancing; each distinct target once."""
-    targets = list(route.targets)
-    if route.strategy == "loadbalance" and len(targets) > 1:
-        start = random.randrange(len(targets))  # noqa: S311
-        targets = targets[start:] + targets[:start]
-    seen: set[tuple[int, int]] = set()
-    ordered = []
-    for target in targets:
-        ident = (target.model.id, target.provider.id)
-        if ident not in seen:
-            seen.add(ident)
-            ordered.append(target)
+    """Targets in the order to try them (routing/strategies), each distinct target once,
+    without the deployments whose circuit breaker is open (raises CircuitOpen when that
+    leaves none); open ones do not use up the route's max_attempts."""
+    ordered = breaker_available_targets(strategy_order(route), route_name=route.name)
     return ordered[: route.max_attempts] if route.max_attempts else ordered
 
 
@@ -143,7 +141,15 @@ class InferenceCall:
         max_tokens = chat.max_tokens or target.model.max_output_tokens
         return dataclasses.replace(chat, model=target.model.upstream_model, max_tokens=max_tokens)
 
-    def _record(self, target: Target, started: float, status: int, error_type: str = "") -> None:
+    def _record(
+        self,
+        target: Target,
+        started: float,
+        status: int,
+        error_type: str = "",
+        error: ProviderError | None = None,
+    ) -> None:
+        breaker_record(target, error)
         self.attempts.append(
             AttemptRecord(
                 model_id=target.model.id,
@@ -155,11 +161,20 @@ class InferenceCall:
         )
 
     async def _attempts(self):
-        """Yields (target, retry_index) in strategy order, sleeping between retries."""
-        for target in target_order(self.route):
+        """Yields (target, retry_index) in strategy order, sleeping between retries. Each try
+        first claims the deployment's breaker (a half-open one admits one probe at a time; one
+        that opened during this request is not retried)."""
+        targets = target_order(self.route)
+        tried = False
+        for target in targets:
             retries = max(0, target.provider.max_retries)
             for retry_index in range(retries + 1):
+                if not breaker_acquire(target):
+                    break
+                tried = True
                 yield target, retry_index
+        if not tried:
+            raise circuit_open_error(targets, route_name=self.route.name)
 
     async def _handle_failure(
         self, target: Target, exc: ProviderError, retry_index: int
@@ -186,7 +201,7 @@ class InferenceCall:
             try:
                 response = await adapter.chat(self._request_for(chat, target))
             except ProviderError as exc:
-                self._record(target, started, exc.upstream_status or exc.status, exc.code)
+                self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc
                 decision = await self._handle_failure(target, exc, retry_index)
                 if decision == "raise":
@@ -229,11 +244,15 @@ class InferenceCall:
                     async for chunk in iterator:
                         self._observe(chunk)
                         yield chunk
+                except ProviderError as err:
+                    # It started, then died mid-stream: that counts against the deployment.
+                    breaker_record(target, err)
+                    raise
                 finally:
                     await iterator.aclose()
                 return
             await iterator.aclose()
-            self._record(target, started, exc.upstream_status or exc.status, exc.code)
+            self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
             last_error = exc
             decision = await self._handle_failure(target, exc, retry_index)
             if decision == "raise":
@@ -259,7 +278,7 @@ class InferenceCall:
                     dataclasses.replace(request, model=target.model.upstream_model)
                 )
             except ProviderError as exc:
-                self._record(target, started, exc.upstream_status or exc.status, exc.code)
+                self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc
                 if not exc.retryable:
                     raise

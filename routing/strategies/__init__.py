@@ -1,0 +1,27 @@
+"""Strategies: how a route orders its deployments for one request.
+
+A strategy is a function `(route) -> list[Target]` giving every distinct deployment at most
+once, in the order to try them. InferenceCall walks that order (retrying a deployment when
+its provider allows, then falling back to the next one); circuit breakers drop open
+deployments from it. Strategies register by the name stored on Route.strategy."""
+
+from __future__ import annotations
+
+from routing.snapshot import ResolvedRoute, Target
+from routing.strategies.base import StrategyOrder, distinct_targets
+from routing.strategies.fallback import fallback_order
+from routing.strategies.loadbalance import loadbalance_order
+
+_STRATEGIES: dict[str, StrategyOrder] = {
+    "fallback": fallback_order,
+    "loadbalance": loadbalance_order,
+}
+
+
+def strategy_order(route: ResolvedRoute) -> list[Target]:
+    """The deployments of `route` in the order its strategy tries them. An unknown strategy
+    name (a row written by a newer release) falls back to the chain as written."""
+    return _STRATEGIES.get(route.strategy, fallback_order)(route)
+
+
+__all__ = ["StrategyOrder", "distinct_targets", "strategy_order"]
