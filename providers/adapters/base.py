@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from providers.http import http_client_close, http_clients_close
 from providers.types import (
     ChatRequest,
     ChatResponse,
@@ -56,7 +57,8 @@ class ProviderAdapter(ABC):
         raise EmbeddingsNotSupported(f"provider kind {self.kind} has no embeddings endpoint")
 
     async def aclose(self) -> None:
-        """Release pooled connections; called on shutdown."""
+        """Release this provider's pooled connections (on the running loop)."""
+        await http_client_close(self.config.id)
 
 
 _REGISTRY: dict[str, type[ProviderAdapter]] = {}
@@ -89,7 +91,9 @@ def adapter_for(config: ProviderConfig) -> ProviderAdapter:
 
 
 async def adapters_close() -> None:
+    """Shutdown: release every adapter and every pooled HTTP session of the running loop."""
     adapters = list(_instances.values())
     _instances.clear()
     for adapter in adapters:
         await adapter.aclose()
+    await http_clients_close()

@@ -60,7 +60,11 @@ class MockAdapter(ProviderAdapter):
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         tokens = mock_reply_tokens(request, self.reply_length)
-        finish = "length" if request.max_tokens is not None and len(tokens) >= request.max_tokens else "stop"
+        finish = (
+            "length"
+            if request.max_tokens is not None and len(tokens) >= request.max_tokens
+            else "stop"
+        )
         return ChatResponse(
             id=f"chatcmpl-mock-{uuid.uuid4().hex[:24]}",
             model=request.model,
@@ -81,7 +85,11 @@ class MockAdapter(ProviderAdapter):
             if per_token:
                 await asyncio.sleep(per_token)
             yield Chunk(content=token)
-        finish = "length" if request.max_tokens is not None and len(tokens) >= request.max_tokens else "stop"
+        finish = (
+            "length"
+            if request.max_tokens is not None and len(tokens) >= request.max_tokens
+            else "stop"
+        )
         yield Chunk(finish_reason=finish)
         yield Chunk(
             usage=Usage(
@@ -98,4 +106,6 @@ class MockAdapter(ProviderAdapter):
             digest = hashlib.sha256(text.encode()).digest()
             vectors.append([round((b - 128) / 128, 6) for b in digest[:16]])
             total += max(1, len(text.split()))
-        return EmbeddingResponse(model=request.model, data=vectors, usage=Usage(prompt_tokens=total))
+        return EmbeddingResponse(
+            model=request.model, data=vectors, usage=Usage(prompt_tokens=total)
+        )
