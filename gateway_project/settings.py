@@ -62,7 +62,7 @@ INSTALLED_APPS = [
     "usage",
 ]
 
-# Every middleware here is async-capable, so the inference path never hops to a thread.
+# The stock chain: admin, DRF, /metrics and every other view (Django's stock ASGI handler).
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -76,6 +76,15 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
+# The inference API (gateway_project.fast_asgi) runs its own chain of native async middleware
+# only: the MiddlewareMixin ones above hop to a thread twice per request each. Its metrics are
+# routing.metrics' gateway_* series (recorded by the routing service, no middleware needed).
+INFERENCE_MIDDLEWARE = [
+    "gateway_project.middleware.RequestIdMiddleware",
+]
+# HTTP paths served by that handler (a prefix ending in "/" covers its subtree; otherwise the
+# exact path, with or without a trailing slash).
+INFERENCE_PATHS = ("/v1/", "/api/v1/generate")
 ROOT_URLCONF = "gateway_project.urls"
 
 TEMPLATES = [
