@@ -8,7 +8,6 @@ class RouteStepInline(admin.TabularInline):
     model = RouteStep
     extra = 1
     ordering = ["position"]
-    autocomplete_fields = ["model"]
 
 
 @admin.register(Route)
