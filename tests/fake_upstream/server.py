@@ -296,12 +296,15 @@ class FakeUpstream:
         if kind == "slow_headers":
             await asyncio.sleep(fault.number("delay_ms", 200) / 1000)
             return None
+        # echo_key=1: the error message quotes the key the client presented, as some real
+        # providers do, to prove the gateway redacts it.
+        echoed = _presented_key(request) if fault.params.get("echo_key") else ""
         if kind == "context_length":
-            return error(400, "context_length", "")
+            return error(400, "context_length", echoed)
         if kind == "content_filter":
-            return error(400, "content_filter", "")
+            return error(400, "content_filter", echoed)
         if kind.isdigit():
-            response = error(int(kind), kind, "")
+            response = error(int(kind), kind, echoed)
             if kind == "429":
                 if "retry_after" in fault.params:
                     response.headers["Retry-After"] = fault.params["retry_after"]
@@ -422,6 +425,8 @@ class FakeUpstream:
             )
         else:
             message, code, etype = (f"fake upstream error {status}", None, "invalid_request_error")
+        if presented_key and status != 401:
+            message = f"{message} (key {presented_key})"
         body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
         return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
@@ -637,6 +642,8 @@ class FakeUpstream:
             message = "prompt is too long: 250000 tokens > 200000 maximum"
         elif kind == "content_filter":
             message = "Output blocked by content filtering policy"
+        if presented_key:
+            message = f"{message} (key {presented_key})"
         body = {"type": "error", "error": {"type": etype, "message": message}}
         return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
@@ -841,6 +848,13 @@ class FakeUpstream:
             "error", {"type": "error", "error": {"type": error_type, "message": "Overloaded"}}
         )
         return await self._stream(request, events, fault, end_marker=None, error_event=error_event)
+
+
+def _presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:]
+    return request.headers.get("api-key") or request.headers.get("x-api-key") or ""
 
 
 def _chosen_tool(body: dict[str, Any]) -> str:
