@@ -86,9 +86,7 @@ class TenantMembership(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "tenant"], name="uniq_membership")
-        ]
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="uniq_membership")]
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.tenant_id}"
@@ -111,3 +109,40 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target}"
+
+
+class AlertScope(models.TextChoices):
+    KEY = "key", "API key"
+    TENANT = "tenant", "Tenant"
+
+
+class BudgetAlert(models.Model):
+    """A budget threshold crossed in one period: recorded once per (scope, threshold, period);
+    the row also remembers which notifications went out, so a retried task never repeats one."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budget_alerts")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budget_alerts"
+    )
+    scope = models.CharField(max_length=16, choices=AlertScope.choices)
+    scope_id = models.BigIntegerField()
+    period_key = models.CharField(max_length=32)
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget")
+    budget_usd = models.DecimalField(max_digits=14, decimal_places=4)
+    spend_usd = models.DecimalField(max_digits=24, decimal_places=9)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "scope_id", "period_key", "threshold"],
+                name="uniq_budget_alert_per_period",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.scope_id} {self.threshold}% {self.period_key}"

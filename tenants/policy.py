@@ -29,6 +29,8 @@ class KeyPolicy:
     key_limits: LimitPolicy
     tenant_limits: LimitPolicy
     tenant_timezone: str = "UTC"
+    # Budget alert thresholds in percent of a budget (the tenant's, applied to its keys too).
+    alert_thresholds: tuple[int, ...] = (50, 80, 100)
 
     def allows_model(self, name: str) -> bool:
         return not self.allowed_models or name in self.allowed_models

@@ -1,0 +1,178 @@
+"""The state-store contract: what admission and settlement need from shared state.
+
+Both backends (Redis for many processes, in-process memory for the embedded default) implement
+it and pass one contract test suite (tests/tenants/test_state_contract.py).
+
+Each request makes exactly two calls, each one atomic step:
+
+- `admit`: for every scope (the key, then its tenant) check and take, all or nothing: a request
+  and its estimated tokens in the sliding one-minute windows, a concurrency slot, and a budget
+  reservation against the period's spend counter. Slots and reservations are held under the
+  request's ticket with an expiry, so a process that dies leaks nothing for longer than
+  `hold_ms`.
+- `settle`: replace the reservation by the real cost, release the slot, correct the token
+  window to the real count and, when asked, append the usage event to the usage stream.
+
+Money crosses this boundary as integer nano-USD (see tenants.money)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+RATE_WINDOW_MS = 60_000
+
+
+class DenialKind(IntEnum):
+    BUDGET = 1
+    REQUESTS = 2
+    TOKENS = 3
+    CONCURRENCY = 4
+    # A single request asks for more tokens than the whole per-minute limit: never admissible.
+    TOKENS_TOO_LARGE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeKeys:
+    """Names of one scope's structures. Every name carries the same hash tag, so the keys of
+    one request (key scope, tenant scope, config version, usage stream) share a Redis Cluster
+    slot and one script may touch them all."""
+
+    requests: str  # zset ticket -> admitted at (ms)
+    tokens: str  # zset ticket -> admitted at (ms)
+    token_counts: str  # hash ticket -> tokens counted
+    token_total: str  # int: sum of token_counts
+    slots: str  # zset ticket -> expires at (ms)
+    spend: str  # int nano-USD spent in the period (missing = must be seeded)
+    reservations: str  # hash ticket -> nano-USD reserved
+    reservation_expiry: str  # zset ticket -> expires at (ms)
+    reservation_total: str  # int: sum of reservations
+
+    def as_list(self) -> list[str]:
+        return [
+            self.requests,
+            self.tokens,
+            self.token_counts,
+            self.token_total,
+            self.slots,
+            self.spend,
+            self.reservations,
+            self.reservation_expiry,
+            self.reservation_total,
+        ]
+
+
+KEYS_PER_SCOPE = 9
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """One scope of one request. A limit of None is not enforced and not tracked."""
+
+    scope: str  # "key" | "tenant"
+    scope_id: int
+    keys: ScopeKeys
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    budget_nano: int | None = None
+    spend_ttl_ms: int | None = None  # None: the counter never expires (lifetime budgets)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    ticket: str
+    tokens: int
+    reserve_nano: int
+    hold_ms: int
+    scopes: tuple[ScopeLimits, ...]
+    window_ms: int = RATE_WINDOW_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """The binding scope's view of one window, for the x-ratelimit-* headers."""
+
+    limit: int
+    remaining: int
+    reset_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    outcome: str  # "ok" | "seed" | "denied"
+    version: str
+    missing: tuple[int, ...] = ()  # scope indexes whose spend counter must be seeded
+    denial: DenialKind | None = None
+    denied_scope: int | None = None
+    retry_after_ms: int | None = None
+    requests: RateInfo | None = None
+    tokens: RateInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleRequest:
+    ticket: str
+    tokens: int
+    cost_nano: int
+    hold_ms: int
+    scopes: tuple[ScopeLimits, ...]
+    event: bytes | None = None  # usage event (orjson) to append to the stream, if any
+    # Release an admission that was refused after the fact: also forget its window entries.
+    release: bool = False
+    # Charge only counters that exist instead of asking for a seed (last resort, see settle).
+    allow_missing: bool = False
+    window_ms: int = RATE_WINDOW_MS
+
+
+@dataclass(frozen=True, slots=True)
+class SpendChange:
+    before_nano: int
+    after_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    outcome: str  # "ok" | "seed"
+    stored_event: bool = False
+    missing: tuple[int, ...] = ()
+    # Per scope: the spend counter before and after the charge (None when not charged).
+    spend: tuple[SpendChange | None, ...] = field(default_factory=tuple)
+
+
+class StateStore(abc.ABC):
+    """One per process (see tenants.state.state_store)."""
+
+    name: str = ""
+    supports_stream: bool = False
+
+    @abc.abstractmethod
+    def scope_keys(
+        self, *, scope: str, tenant_id: int, scope_id: int, period_key: str
+    ) -> ScopeKeys:
+        """Key names for one scope; the period key names the spend counter and reservations."""
+
+    @abc.abstractmethod
+    async def admit(self, request: AdmitRequest) -> AdmitResult: ...
+
+    @abc.abstractmethod
+    async def settle(self, request: SettleRequest) -> SettleResult: ...
+
+    @abc.abstractmethod
+    async def spend_seed(self, *, keys: ScopeKeys, amount_nano: int, ttl_ms: int | None) -> bool:
+        """Create the spend counter with `amount_nano` unless it exists (SET NX). True if set."""
+
+    @abc.abstractmethod
+    async def spend_get(self, *, keys: ScopeKeys) -> int | None:
+        """The period's spend counter, or None when it is missing (admin views, tests)."""
+
+    @abc.abstractmethod
+    async def config_version_get(self) -> str: ...
+
+    @abc.abstractmethod
+    def config_version_bump(self) -> str:
+        """Move the shared config version (sync: called from transaction.on_commit)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (tests, shutdown)."""

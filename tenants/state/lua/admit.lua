@@ -1,0 +1,184 @@
+-- Admission: one atomic step per request (see tenants/state/base.py).
+--
+-- KEYS[1]                config version
+-- KEYS[1 + (i-1)*9 + j]  scope i's structures, j = 1 requests zset, 2 tokens zset,
+--                        3 token counts hash, 4 token total, 5 slots zset, 6 spend counter,
+--                        7 reservations hash, 8 reservation expiry zset, 9 reservation total
+-- ARGV: ticket, tokens, reserve (nano-USD), hold_ms, window_ms, n scopes, then per scope:
+--       rpm, tpm, max concurrency, budget (nano-USD); -1 = not enforced, not tracked.
+--
+-- Returns {1, version, i...}      spend counters of scopes i are missing: seed, then retry
+--         {2, version, kind, scope, retry_after_ms, rate info...}   refused (nothing taken)
+--         {0, version, rate info...}                                 admitted
+-- rate info = requests limit, remaining, reset_ms, tokens limit, remaining, reset_ms
+-- (limit -1: no such limit). All money and counts are integers below 2^53.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ticket = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local reserve = tonumber(ARGV[3])
+local hold = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+
+local function lim(i, j) return tonumber(ARGV[6 + (i - 1) * 4 + j]) end
+local function key(i, j) return KEYS[1 + (i - 1) * 9 + j] end
+
+local function num(k) return tonumber(redis.call('GET', k)) or 0 end
+
+local function decr(k, amount)
+  if amount ~= 0 and redis.call('INCRBY', k, -amount) < 0 then
+    redis.call('SET', k, 0, 'KEEPTTL')
+  end
+end
+
+local version = redis.call('GET', KEYS[1])
+if not version then
+  -- A fresh (or flushed) store starts from the clock, never from a number a process may
+  -- already have seen.
+  version = string.format('%.0f', now)
+  redis.call('SET', KEYS[1], version)
+end
+
+-- Budgeted scopes need their period's spend counter; a missing one is rebuilt from the
+-- database by the caller before anything is admitted against it.
+local missing = {}
+for i = 1, n do
+  if lim(i, 4) >= 0 and redis.call('EXISTS', key(i, 6)) == 0 then
+    missing[#missing + 1] = i
+  end
+end
+if #missing > 0 then
+  local out = {1, version}
+  for _, i in ipairs(missing) do out[#out + 1] = i end
+  return out
+end
+
+-- Forget what has left the windows and what dead processes still hold.
+local function expire_weighted(z, h, total, upto)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', upto)
+  if #old > 0 then
+    local freed = 0
+    for _, m in ipairs(old) do
+      freed = freed + (tonumber(redis.call('HGET', h, m)) or 0)
+      redis.call('HDEL', h, m)
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', upto)
+    decr(total, freed)
+  end
+end
+
+for i = 1, n do
+  if lim(i, 1) >= 0 then redis.call('ZREMRANGEBYSCORE', key(i, 1), '-inf', now - window) end
+  if lim(i, 2) >= 0 then expire_weighted(key(i, 2), key(i, 3), key(i, 4), now - window) end
+  if lim(i, 3) >= 0 then redis.call('ZREMRANGEBYSCORE', key(i, 5), '-inf', now) end
+  if lim(i, 4) >= 0 then expire_weighted(key(i, 8), key(i, 7), key(i, 9), now) end
+end
+
+local function rate_info(kind)
+  local best_limit, best_rem, best_reset = -1, -1, 0
+  for i = 1, n do
+    local l = lim(i, kind)
+    if l >= 0 then
+      local used
+      if kind == 1 then used = redis.call('ZCARD', key(i, 1)) else used = num(key(i, 4)) end
+      local reset = 0
+      local last = redis.call('ZRANGE', key(i, kind), -1, -1, 'WITHSCORES')
+      if #last > 0 then reset = math.max(0, tonumber(last[2]) + window - now) end
+      local rem = math.max(0, l - used)
+      if best_limit < 0 or rem < best_rem then
+        best_limit, best_rem, best_reset = l, rem, reset
+      end
+    end
+  end
+  return best_limit, best_rem, best_reset
+end
+
+local function refuse(kind, scope, retry)
+  local rl, rr, rs = rate_info(1)
+  local tl, tr, ts = rate_info(2)
+  return {2, version, kind, scope, math.max(1, retry), rl, rr, rs, tl, tr, ts}
+end
+
+-- Budget first: a refusal that retrying cannot fix should not be reported as a rate limit.
+for i = 1, n do
+  local budget = lim(i, 4)
+  if budget >= 0 and num(key(i, 6)) + num(key(i, 9)) + reserve > budget then
+    return refuse(1, i, 0)
+  end
+end
+
+for i = 1, n do
+  local rpm = lim(i, 1)
+  if rpm >= 0 then
+    local count = redis.call('ZCARD', key(i, 1))
+    if count + 1 > rpm then
+      local retry = window
+      if rpm > 0 then
+        -- When the (count - rpm + 1)-th oldest entry leaves the window one request fits.
+        local e = redis.call('ZRANGE', key(i, 1), count - rpm, count - rpm, 'WITHSCORES')
+        if #e > 0 then retry = tonumber(e[2]) + window - now end
+      end
+      return refuse(2, i, retry)
+    end
+  end
+end
+
+for i = 1, n do
+  local tpm = lim(i, 2)
+  if tpm >= 0 then
+    if tokens > tpm then return refuse(5, i, window) end
+    local total = num(key(i, 4))
+    if total + tokens > tpm then
+      local need = total + tokens - tpm
+      local retry = window
+      local entries = redis.call('ZRANGE', key(i, 2), 0, -1, 'WITHSCORES')
+      local freed = 0
+      for k = 1, #entries, 2 do
+        freed = freed + (tonumber(redis.call('HGET', key(i, 3), entries[k])) or 0)
+        if freed >= need then
+          retry = tonumber(entries[k + 1]) + window - now
+          break
+        end
+      end
+      return refuse(3, i, retry)
+    end
+  end
+end
+
+for i = 1, n do
+  local conc = lim(i, 3)
+  if conc >= 0 and redis.call('ZCARD', key(i, 5)) + 1 > conc then
+    -- When a slot frees is unknown; one second is a polite first pause.
+    return refuse(4, i, 1000)
+  end
+end
+
+-- Everything fits: take it all.
+for i = 1, n do
+  if lim(i, 1) >= 0 then
+    redis.call('ZADD', key(i, 1), now, ticket)
+    redis.call('PEXPIRE', key(i, 1), window + 1000)
+  end
+  if lim(i, 2) >= 0 then
+    redis.call('ZADD', key(i, 2), now, ticket)
+    redis.call('HSET', key(i, 3), ticket, tokens)
+    redis.call('INCRBY', key(i, 4), tokens)
+    for j = 2, 4 do redis.call('PEXPIRE', key(i, j), window + 1000) end
+  end
+  if lim(i, 3) >= 0 then
+    redis.call('ZADD', key(i, 5), now + hold, ticket)
+    redis.call('PEXPIRE', key(i, 5), hold + 1000)
+  end
+  if lim(i, 4) >= 0 then
+    redis.call('HSET', key(i, 7), ticket, reserve)
+    redis.call('ZADD', key(i, 8), now + hold, ticket)
+    redis.call('INCRBY', key(i, 9), reserve)
+    for j = 7, 9 do redis.call('PEXPIRE', key(i, j), hold + 1000) end
+  end
+end
+
+local rl, rr, rs = rate_info(1)
+local tl, tr, ts = rate_info(2)
+return {0, version, rl, rr, rs, tl, tr, ts}

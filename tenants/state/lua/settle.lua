@@ -1,0 +1,89 @@
+-- Settlement: one atomic step when a request ends (see tenants/state/base.py).
+--
+-- KEYS[1]                usage stream
+-- KEYS[1 + (i-1)*9 + j]  scope i's structures (same order as admit.lua)
+-- ARGV: ticket, tokens used, cost (nano-USD), n scopes, event ('' = none), release (0|1),
+--       allow_missing (0|1), then per scope: rpm, tpm, max concurrency, budget (-1 = untracked)
+--
+-- Returns {1, 0, i...}   spend counters of budgeted scopes i are missing: seed, then retry
+--         {0, stored, before_1, after_1, ..., before_n, after_n}  (-1: counter not charged)
+
+local ticket = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local event = ARGV[5]
+local release = ARGV[6] == '1'
+local allow_missing = ARGV[7] == '1'
+
+local function lim(i, j) return tonumber(ARGV[7 + (i - 1) * 4 + j]) end
+local function key(i, j) return KEYS[1 + (i - 1) * 9 + j] end
+
+local function decr(k, amount)
+  if amount ~= 0 and redis.call('INCRBY', k, -amount) < 0 then
+    redis.call('SET', k, 0, 'KEEPTTL')
+  end
+end
+
+-- A budgeted counter that vanished (restart, eviction, FLUSHDB) is rebuilt from the database
+-- before the charge, or the charge would start a fresh counter from this one request.
+if cost > 0 and not allow_missing then
+  local missing = {}
+  for i = 1, n do
+    if lim(i, 4) >= 0 and redis.call('EXISTS', key(i, 6)) == 0 then
+      missing[#missing + 1] = i
+    end
+  end
+  if #missing > 0 then
+    local out = {1, 0}
+    for _, i in ipairs(missing) do out[#out + 1] = i end
+    return out
+  end
+end
+
+local out = {0, 0}
+for i = 1, n do
+  if lim(i, 3) >= 0 then redis.call('ZREM', key(i, 5), ticket) end
+  if lim(i, 4) >= 0 then
+    local held = tonumber(redis.call('HGET', key(i, 7), ticket))
+    if held then
+      redis.call('HDEL', key(i, 7), ticket)
+      redis.call('ZREM', key(i, 8), ticket)
+      decr(key(i, 9), held)
+    end
+  end
+  if lim(i, 2) >= 0 then
+    local counted = tonumber(redis.call('HGET', key(i, 3), ticket))
+    if counted then
+      if release then
+        redis.call('HDEL', key(i, 3), ticket)
+        redis.call('ZREM', key(i, 2), ticket)
+        decr(key(i, 4), counted)
+      else
+        -- The estimate becomes the real count; the entry keeps its place in the window.
+        redis.call('HSET', key(i, 3), ticket, tokens)
+        decr(key(i, 4), counted - tokens)
+      end
+    end
+  end
+  if release and lim(i, 1) >= 0 then redis.call('ZREM', key(i, 1), ticket) end
+
+  local before, after = -1, -1
+  if cost > 0 then
+    -- Any existing counter is kept exact (budgeted or not), so a budget added later starts
+    -- from the truth; missing unbudgeted counters are seeded when a budget needs them.
+    local current = redis.call('GET', key(i, 6))
+    if current then
+      before = tonumber(current)
+      after = redis.call('INCRBY', key(i, 6), cost)
+    end
+  end
+  out[#out + 1] = before
+  out[#out + 1] = after
+end
+
+if event ~= '' then
+  redis.call('XADD', KEYS[1], '*', 'e', event)
+  out[2] = 1
+end
+return out

@@ -1,0 +1,233 @@
+"""Redis state store: every step is one EVALSHA of a Lua script (tenants/state/lua/).
+
+Key naming: every key carries one hash tag, the tag of the usage stream's name (Redis hashes
+only what is inside {...}, or the whole name when there are no braces). So the two scopes of a
+request, the config version and the usage stream all live in one Redis Cluster slot and the
+settlement script may XADD the event in the same atomic call. Keys:
+
+    gw:{<tag>}:config_version
+    gw:{<tag>}:t:<tenant_id>:<structure>[:<period>]           tenant scope
+    gw:{<tag>}:t:<tenant_id>:k:<key_id>:<structure>[:<period>] key scope
+
+One slot serves one gateway deployment comfortably (a Lua admission is a few dozen
+microseconds); see docs/limits.md."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import weakref
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from tenants.state.base import (
+    AdmitRequest,
+    AdmitResult,
+    DenialKind,
+    RateInfo,
+    ScopeKeys,
+    ScopeLimits,
+    SettleRequest,
+    SettleResult,
+    SpendChange,
+    StateStore,
+)
+
+_LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+class _Script:
+    def __init__(self, name: str) -> None:
+        self.source = (_LUA_DIR / f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+def stream_hash_tag(stream: str) -> str:
+    """The part of the stream's name Redis Cluster hashes (what is inside the first {...})."""
+    start = stream.find("{")
+    if start != -1:
+        end = stream.find("}", start + 1)
+        if end > start + 1:
+            return stream[start + 1 : end]
+    return stream
+
+
+def _limits_argv(scope: ScopeLimits) -> list[int]:
+    def value(limit: int | None) -> int:
+        return -1 if limit is None else int(limit)
+
+    return [
+        value(scope.rpm),
+        value(scope.tpm),
+        value(scope.max_concurrency),
+        value(scope.budget_nano),
+    ]
+
+
+def _rate(limit: int, remaining: int, reset_ms: int) -> RateInfo | None:
+    return None if limit < 0 else RateInfo(limit=limit, remaining=remaining, reset_ms=reset_ms)
+
+
+class RedisStateStore(StateStore):
+    name = "redis"
+    supports_stream = True
+
+    _admit = _Script("admit")
+    _settle = _Script("settle")
+    _bump = _Script("config_bump")
+
+    def __init__(self, *, url: str, stream: str, pool_size: int = 64) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.stream = stream
+        self.prefix = f"gw:{{{stream_hash_tag(stream)}}}:"
+        self.version_key = f"{self.prefix}config_version"
+        # redis.asyncio connections belong to the event loop that opened them; a server has
+        # one loop, tests have many.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync_client: redis.Redis | None = None
+        self._sync_lock = threading.Lock()
+
+    # -- connections ---------------------------------------------------------------------
+    def client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # A blocking pool: under a burst, requests wait briefly for a connection instead
+            # of failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.pool_size, timeout=5
+            )
+            client = aioredis.Redis(connection_pool=pool, decode_responses=False)
+            self._clients[loop] = client
+        return client
+
+    def sync_client(self) -> redis.Redis:
+        with self._sync_lock:
+            if self._sync_client is None:
+                self._sync_client = redis.Redis.from_url(self.url, decode_responses=False)
+            return self._sync_client
+
+    async def _evalsha(self, script: _Script, keys: list[str], args: list) -> list:
+        client = self.client()
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted or SCRIPT FLUSH: load once more, then it is cached again.
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    # -- naming --------------------------------------------------------------------------
+    def scope_keys(
+        self, *, scope: str, tenant_id: int, scope_id: int, period_key: str
+    ) -> ScopeKeys:
+        base = f"{self.prefix}t:{tenant_id}"
+        if scope == "key":
+            base = f"{base}:k:{scope_id}"
+        return ScopeKeys(
+            requests=f"{base}:rpm",
+            tokens=f"{base}:tpm",
+            token_counts=f"{base}:tpm:n",
+            token_total=f"{base}:tpm:sum",
+            slots=f"{base}:slots",
+            spend=f"{base}:spend:{period_key}",
+            reservations=f"{base}:resv:{period_key}",
+            reservation_expiry=f"{base}:resv:{period_key}:exp",
+            reservation_total=f"{base}:resv:{period_key}:sum",
+        )
+
+    # -- the two hot-path steps ----------------------------------------------------------
+    async def admit(self, request: AdmitRequest) -> AdmitResult:
+        keys = [self.version_key]
+        args: list = [
+            request.ticket,
+            request.tokens,
+            request.reserve_nano,
+            request.hold_ms,
+            request.window_ms,
+            len(request.scopes),
+        ]
+        for scope in request.scopes:
+            keys.extend(scope.keys.as_list())
+            args.extend(_limits_argv(scope))
+        reply = await self._evalsha(self._admit, keys, args)
+        status, version = int(reply[0]), reply[1].decode()
+        if status == 1:
+            return AdmitResult(
+                outcome="seed", version=version, missing=tuple(int(i) - 1 for i in reply[2:])
+            )
+        if status == 2:
+            kind, scope, retry = (int(v) for v in reply[2:5])
+            info = [int(v) for v in reply[5:11]]
+            return AdmitResult(
+                outcome="denied",
+                version=version,
+                denial=DenialKind(kind),
+                denied_scope=scope - 1,
+                retry_after_ms=retry,
+                requests=_rate(*info[0:3]),
+                tokens=_rate(*info[3:6]),
+            )
+        info = [int(v) for v in reply[2:8]]
+        return AdmitResult(
+            outcome="ok", version=version, requests=_rate(*info[0:3]), tokens=_rate(*info[3:6])
+        )
+
+    async def settle(self, request: SettleRequest) -> SettleResult:
+        keys = [self.stream]
+        args: list = [
+            request.ticket,
+            request.tokens,
+            request.cost_nano,
+            len(request.scopes),
+            request.event or b"",
+            1 if request.release else 0,
+            1 if request.allow_missing else 0,
+        ]
+        for scope in request.scopes:
+            keys.extend(scope.keys.as_list())
+            args.extend(_limits_argv(scope))
+        reply = await self._evalsha(self._settle, keys, args)
+        if int(reply[0]) == 1:
+            return SettleResult(outcome="seed", missing=tuple(int(i) - 1 for i in reply[2:]))
+        spend: list[SpendChange | None] = []
+        values = [int(v) for v in reply[2:]]
+        for index in range(len(request.scopes)):
+            before, after = values[2 * index], values[2 * index + 1]
+            spend.append(None if after < 0 else SpendChange(before_nano=before, after_nano=after))
+        return SettleResult(outcome="ok", stored_event=int(reply[1]) == 1, spend=tuple(spend))
+
+    # -- seeding and config version ------------------------------------------------------
+    async def spend_seed(self, *, keys: ScopeKeys, amount_nano: int, ttl_ms: int | None) -> bool:
+        result = await self.client().set(keys.spend, int(amount_nano), nx=True, px=ttl_ms)
+        return bool(result)
+
+    async def spend_get(self, *, keys: ScopeKeys) -> int | None:
+        value = await self.client().get(keys.spend)
+        return None if value is None else int(value)
+
+    async def config_version_get(self) -> str:
+        value = await self.client().get(self.version_key)
+        return "" if value is None else value.decode()
+
+    def config_version_bump(self) -> str:
+        client = self.sync_client()
+        try:
+            value = client.evalsha(self._bump.sha, 1, self.version_key)
+        except NoScriptError:
+            client.script_load(self._bump.source)
+            value = client.evalsha(self._bump.sha, 1, self.version_key)
+        return str(int(value))
