@@ -120,39 +120,42 @@ class OrmConnections:
     thread hop.
 
     Django keeps connections per thread; the async ORM runs in asgiref's thread-sensitive
-    executor, so they live in that thread, out of reach of the loop. We remember every
-    connection wrapper when it connects (`connection_created`, cold path only) and, after a
-    request, look at whether one of them is still open on a thread other than the loop's."""
+    executor, so they live in that thread, out of reach of the loop. Every connection is noted
+    when it opens (`connection_created`, cold path only); after a request, one still open on a
+    thread other than the loop's means: send request_finished in the thread-sensitive executor,
+    which closes it there (back to psycopg's pool). A connection that this does not reach (one
+    opened by some other thread) is forgotten after that one attempt, so it never costs a hop
+    per request; it is noted again if it reconnects."""
 
     def __init__(self) -> None:
-        self._wrappers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._orm_thread: int | None = None
+        self._lock = threading.Lock()
+        self._pending: weakref.WeakSet[Any] = weakref.WeakSet()
         connection_created.connect(
             self._on_connection_created, weak=False, dispatch_uid="gateway.fast_asgi.orm"
         )
 
     def _on_connection_created(self, sender: Any, connection: Any, **kwargs: Any) -> None:
-        self._wrappers.add(connection)
+        with self._lock:
+            self._pending.add(connection)
 
     def open_elsewhere(self) -> bool:
-        """True when the ORM's thread holds an open connection (to be closed after the
-        request). Connections of other threads (the loop's own, a test's) do not count."""
-        if not self._wrappers:
+        """True when a noted connection is open on a thread other than this one (the loop's)."""
+        if not self._pending:
             return False
         here = threading.get_ident()
-        orm_thread = self._orm_thread
-        for wrapper in list(self._wrappers):
-            owner = wrapper._thread_ident
-            if wrapper.connection is None or owner == here:
-                continue
-            if orm_thread is None or owner == orm_thread:
-                return True
-        return False
+        with self._lock:
+            wrappers = list(self._pending)
+        return any(w.connection is not None and w._thread_ident != here for w in wrappers)
 
     def finish_in_orm_thread(self, sender: type) -> None:
-        """Runs in the thread-sensitive executor: Django's own end-of-request cleanup there."""
-        self._orm_thread = threading.get_ident()
+        """Runs in the thread-sensitive executor: Django's own end-of-request cleanup there,
+        then forget every connection that is closed now or that this thread cannot close."""
         signals.request_finished.send(sender=sender)
+        here = threading.get_ident()
+        with self._lock:
+            for wrapper in list(self._pending):
+                if wrapper.connection is None or wrapper._thread_ident != here:
+                    self._pending.discard(wrapper)
 
 
 class _Cycle:

@@ -1,87 +1,348 @@
-"""Writes of usage events. The request path hands over a plain dict; this module turns it
-into rows, idempotently on request id."""
+"""Writes of usage events. The request path hands over a plain dict (built by
+routing.services.usage_event_payload); this module turns it into rows, idempotently on request
+id, either straight from the process (direct mode: a bounded queue and a background writer) or
+through the Redis stream that Celery drains (stream mode, see usage.stream)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import (
+    DataError,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    transaction,
+)
+from django.utils import timezone
 
-from usage.models import UsageAttempt, UsageEvent
+from usage.models import Outcome, UsageAttempt, UsageEvent
 
 logger = logging.getLogger("gateway.usage")
 
-_EVENT_FIELDS = (
-    "tenant_id", "api_key_id", "route", "model", "model_id", "provider_id", "upstream_model",
-    "endpoint", "stream", "tokens_in", "tokens_out", "cache_read_tokens", "cache_write_tokens",
-    "usage_estimated", "latency_ms", "ttft_ms", "status_code", "outcome", "error_type",
+# Columns written from the payload, in insert order (request_id and the times come first).
+_PAYLOAD_COLUMNS = (
+    "tenant_id",
+    "api_key_id",
+    "route",
+    "model",
+    "model_id",
+    "provider_id",
+    "upstream_model",
+    "endpoint",
+    "stream",
+    "tokens_in",
+    "tokens_out",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "usage_estimated",
+    "input_price_per_mtok",
+    "output_price_per_mtok",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "status_code",
+    "outcome",
+    "error_type",
     "fallbacks",
 )
-_DECIMAL_FIELDS = ("input_price_per_mtok", "output_price_per_mtok", "cost_usd")
+_DECIMAL_COLUMNS = frozenset({"input_price_per_mtok", "output_price_per_mtok", "cost_usd"})
+_INT_COLUMNS = frozenset(
+    {
+        "tenant_id",
+        "api_key_id",
+        "model_id",
+        "provider_id",
+        "tokens_in",
+        "tokens_out",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "status_code",
+        "fallbacks",
+    }
+)
+_COLUMNS = ("request_id", "created_at", "ingested_at", *_PAYLOAD_COLUMNS)
+_WRITE_CHUNK = 500
+
+
+class UsagePayloadInvalid(ValueError):
+    """A payload that can never become a row (missing request id, unparsable numbers...)."""
+
+
+@dataclass(slots=True)
+class WriteReport:
+    written: int = 0
+    rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+
+def _parse_created_at(raw: Any) -> datetime:
+    value = datetime.fromisoformat(raw) if isinstance(raw, str) else raw
+    if not isinstance(value, datetime):
+        raise UsagePayloadInvalid("created_at is not a datetime")
+    if timezone.is_naive(value):
+        raise UsagePayloadInvalid("created_at has no timezone")
+    return value
+
+
+def usage_event_values(payload: dict[str, Any], *, ingested_at: datetime) -> dict[str, Any]:
+    """The column values of one event, validated; raises UsagePayloadInvalid."""
+    request_id = payload.get("request_id")
+    if not request_id or not isinstance(request_id, str) or len(request_id) > 64:
+        raise UsagePayloadInvalid("request_id missing or too long")
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "created_at": _parse_created_at(payload.get("created_at")),
+        "ingested_at": ingested_at,
+    }
+    for name in _PAYLOAD_COLUMNS:
+        model_field = UsageEvent._meta.get_field(name)
+        raw = payload.get(name)
+        if raw is None:
+            values[name] = None if model_field.null else model_field.get_default()
+            continue
+        try:
+            if name in _DECIMAL_COLUMNS:
+                # Through str: a float here would already have drifted; strings are exact.
+                value: Any = Decimal(str(raw))
+                if not value.is_finite():
+                    raise UsagePayloadInvalid(f"{name} is not finite")
+            elif name in _INT_COLUMNS:
+                value = int(raw)
+            else:
+                value = raw
+        except (InvalidOperation, TypeError, ValueError) as exc:
+            raise UsagePayloadInvalid(f"{name}: {exc}") from exc
+        values[name] = value
+    if values["outcome"] not in Outcome.values:
+        raise UsagePayloadInvalid("unknown outcome")
+    return values
 
 
 def usage_event_build(payload: dict[str, Any]) -> UsageEvent:
-    values = {name: payload[name] for name in _EVENT_FIELDS if payload.get(name) is not None}
-    for name in _DECIMAL_FIELDS:
-        if payload.get(name) is not None:
-            values[name] = Decimal(str(payload[name]))
-    created_at = payload["created_at"]
-    if isinstance(created_at, str):
-        created_at = datetime.fromisoformat(created_at)
-    return UsageEvent(request_id=payload["request_id"], created_at=created_at, **values)
+    return UsageEvent(**usage_event_values(payload, ingested_at=timezone.now()))
+
+
+def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING: one round trip, and the
+    returned ids are exactly the events this call created (PostgreSQL and SQLite >= 3.35)."""
+    fields = [UsageEvent._meta.get_field(name) for name in _COLUMNS]
+    table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    created: dict[str, int] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _WRITE_CHUNK):
+            chunk = rows[start : start + _WRITE_CHUNK]
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(f.get_db_prep_save(row[f.name], connection) for f in fields)
+            sql = (
+                f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 - identifiers quoted
+                + ", ".join([row_sql] * len(chunk))
+                + " ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id"
+            )
+            cursor.execute(sql, params)
+            created.update({request_id: pk for pk, request_id in cursor.fetchall()})
+    return created
+
+
+def _attempts_for(created: dict[str, int], by_request: dict[str, dict[str, Any]]) -> list:
+    attempts = []
+    for request_id, event_id in created.items():
+        for position, attempt in enumerate(by_request[request_id].get("attempts") or ()):
+            attempts.append(
+                UsageAttempt(
+                    event_id=event_id,
+                    position=position,
+                    model_id=attempt.get("model_id"),
+                    provider_id=attempt.get("provider_id"),
+                    status_code=int(attempt.get("status_code") or 0),
+                    error_type=str(attempt.get("error_type") or "")[:64],
+                    latency_ms=float(attempt.get("latency_ms") or 0.0),
+                )
+            )
+    return attempts
 
 
 def usage_events_write(*, payloads: list[dict[str, Any]]) -> int:
-    """Insert events and their attempts; events already stored (same request id) are skipped.
-    Returns how many new events were written."""
+    """Insert events and their attempts in one transaction; events already stored (same
+    request id) are skipped, their attempts too. Returns how many new events were written.
+    Raises UsagePayloadInvalid for a malformed payload and DataError/IntegrityError for a row
+    the database refuses (see usage_events_write_each for the per-event fallback)."""
     if not payloads:
         return 0
-    by_request = {p["request_id"]: p for p in payloads}
+    ingested_at = timezone.now()
+    by_request: dict[str, dict[str, Any]] = {}
+    rows = []
+    for payload in payloads:
+        values = usage_event_values(payload, ingested_at=ingested_at)
+        if values["request_id"] in by_request:
+            continue
+        by_request[values["request_id"]] = payload
+        rows.append(values)
     with transaction.atomic():
-        existing = set(
-            UsageEvent.objects.filter(request_id__in=list(by_request)).values_list(
-                "request_id", flat=True
-            )
-        )
-        fresh = [usage_event_build(p) for rid, p in by_request.items() if rid not in existing]
-        if not fresh:
-            return 0
+        created = _insert_rows(rows)
+        attempts = _attempts_for(created, by_request)
+        if attempts:
+            UsageAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+    if created:
+        logger.info("usage.events_written", extra={"count": len(created)})
+    return len(created)
+
+
+def usage_events_write_each(*, payloads: Iterable[dict[str, Any]]) -> WriteReport:
+    """Batch write with a per-event fallback: when the batch is refused, each event is written
+    on its own so one bad event never blocks the others. Refused events are returned with the
+    reason (the caller dead-letters or logs them); database outages still raise."""
+    payloads = list(payloads)
+    report = WriteReport()
+    try:
+        report.written = usage_events_write(payloads=payloads)
+        return report
+    except (UsagePayloadInvalid, DataError, IntegrityError):
+        pass
+    for payload in payloads:
         try:
-            with transaction.atomic():
-                created = UsageEvent.objects.bulk_create(fresh)
-        except IntegrityError:
-            # A concurrent writer stored some of them between our read and insert.
-            created = UsageEvent.objects.bulk_create(fresh, ignore_conflicts=True)
-            created = list(
-                UsageEvent.objects.filter(request_id__in=[e.request_id for e in fresh])
-            )
-        ids = {e.request_id: e.pk for e in UsageEvent.objects.filter(
-            request_id__in=[e.request_id for e in created]
-        ).only("id", "request_id")}
-        attempts = [
-            UsageAttempt(
-                event_id=ids[rid],
-                position=i,
-                model_id=a.get("model_id"),
-                provider_id=a.get("provider_id"),
-                status_code=a.get("status_code", 200),
-                error_type=a.get("error_type", ""),
-                latency_ms=a.get("latency_ms", 0.0),
-            )
-            for rid in ids
-            for i, a in enumerate(by_request[rid].get("attempts") or ())
-        ]
-        UsageAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
-    logger.info("usage.events_written", extra={"count": len(fresh)})
-    return len(fresh)
+            report.written += usage_events_write(payloads=[payload])
+        except (UsagePayloadInvalid, DataError, IntegrityError) as exc:
+            report.rejected.append((payload, f"{type(exc).__name__}: {exc}"[:500]))
+    for payload, reason in report.rejected:
+        logger.error(
+            "usage.event_rejected",
+            extra={"request_id": str(payload.get("request_id")), "reason": reason},
+        )
+    return report
+
+
+# -- direct mode: bounded queue + background writer on the running loop ----------------------
+
+# One thread does the database work of every writer of the process: one connection, and
+# batches from one loop are committed in order.
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
+_RETRY_MAX_DELAY_S = 5.0
+
+
+def _write_batch_blocking(payloads: list[dict[str, Any]]) -> WriteReport:
+    try:
+        return usage_events_write_each(payloads=payloads)
+    finally:
+        # Returns the connection to the pool (or closes it): this thread lives forever.
+        close_old_connections()
+
+
+class UsageWriter:
+    """Owns the queue and the writer task of one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(
+            maxsize=max(1, settings.GATEWAY_USAGE_QUEUE_MAX)
+        )
+        self.batch_size = max(1, settings.GATEWAY_USAGE_WRITER_BATCH)
+        self.task = loop.create_task(self._run(), name="usage-writer")
+
+    async def put(self, payload: dict[str, Any]) -> None:
+        # A full queue makes the caller wait (back-pressure); an event is never dropped.
+        await self.queue.put(payload)
+
+    def _take_ready(self, batch: list[dict[str, Any]]) -> None:
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    def _done(self, count: int) -> None:
+        for _ in range(count):
+            self.queue.task_done()
+
+    async def _write_until_stored(self, batch: list[dict[str, Any]]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.loop.run_in_executor(_executor, _write_batch_blocking, batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database is away: keep the batch and retry; the bounded queue turns a
+                # long outage into back-pressure on requests instead of lost events.
+                logger.exception("usage.writer_retry", extra={"count": len(batch)})
+                await asyncio.sleep(delay)
+                delay = min(_RETRY_MAX_DELAY_S, delay * 2)
+
+    async def _run(self) -> None:
+        batch: list[dict[str, Any]] = []
+        try:
+            while True:
+                batch = [await self.queue.get()]
+                self._take_ready(batch)
+                await self._write_until_stored(batch)
+                self._done(len(batch))
+                batch = []
+        except asyncio.CancelledError:
+            # Loop shutdown (asyncio.run cancels pending tasks): store what is left, once.
+            # The in-flight batch may be written twice; request ids make that harmless.
+            rest = batch
+            while True:
+                try:
+                    rest.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            if rest:
+                try:
+                    await self.loop.run_in_executor(_executor, _write_batch_blocking, rest)
+                except Exception:
+                    logger.exception("usage.writer_shutdown_failed", extra={"count": len(rest)})
+                self._done(len(rest))
+            raise
+
+    async def flush(self, max_wait_s: float | None = None) -> None:
+        await asyncio.wait_for(self.queue.join(), max_wait_s)
+
+
+_writers: dict[int, UsageWriter] = {}
+
+
+def _writer_for_running_loop() -> UsageWriter:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(id(loop))
+    if writer is None or writer.loop is not loop or writer.task.done():
+        for key, old in list(_writers.items()):
+            if old.loop.is_closed():
+                del _writers[key]
+        writer = UsageWriter(loop)
+        _writers[id(loop)] = writer
+    return writer
+
+
+async def usage_events_flush(*, max_wait_s: float | None = 30.0) -> None:
+    """Wait until every event queued on this loop is stored (tests, graceful shutdown)."""
+    writer = _writers.get(id(asyncio.get_running_loop()))
+    if writer is not None and not writer.task.done():
+        await writer.flush(max_wait_s)
 
 
 async def usage_event_record(*, payload: dict[str, Any]) -> None:
-    """Hot-path entry: PLACEHOLDER writes synchronously in a thread; the usage pipeline work
-    replaces this with a bounded queue and a background writer."""
-    from asgiref.sync import sync_to_async
+    """Hot-path entry for events the settlement call did not already carry (rejected
+    requests, or every request in direct mode). Returns without waiting for the database."""
+    if settings.GATEWAY_USAGE_WRITE_MODE == "stream":
+        from usage.stream import usage_stream_append
 
-    await sync_to_async(usage_events_write, thread_sensitive=False)(payloads=[payload])
+        try:
+            await usage_stream_append(payload=payload)
+            return
+        except Exception:
+            # Redis is away: the database is still the truth, so write through instead.
+            logger.exception(
+                "usage.stream_append_failed", extra={"request_id": str(payload.get("request_id"))}
+            )
+    await _writer_for_running_loop().put(payload)

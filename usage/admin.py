@@ -1,0 +1,221 @@
+"""Usage in Django admin: read-only events and rollups, the cost dashboard and the monthly
+statement. Tenant admins (TenantMembership, not superusers) see only their own tenants."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
+
+from tenants.models import Tenant
+from usage import charts
+from usage.access import parse_range, tenant_scope, visible_tenant_ids
+from usage.exports import csv_lines, report_row, statement_rows
+from usage.models import UsageEvent, UsageRollup
+from usage.selectors import (
+    ROUNDING_RULE,
+    budget_uses,
+    month_bounds,
+    report_labels,
+    route_savings,
+    spend_series,
+    statement_build,
+    to_cents,
+    usage_report,
+)
+
+
+class TenantScopedReadOnlyAdmin(admin.ModelAdmin):
+    """Read-only; superusers see all rows, tenant admins their tenants' rows."""
+
+    def _member(self, request: HttpRequest) -> bool:
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and bool(visible_tenant_ids(request.user) or request.user.is_superuser)
+        )
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._member(request)
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self._member(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest):
+        qs = super().get_queryset(request)
+        visible = visible_tenant_ids(request.user)
+        return qs if visible is None else qs.filter(tenant_id__in=visible)
+
+
+def _tenant_param(request: HttpRequest) -> int | None:
+    raw = request.GET.get("tenant") or ""
+    return int(raw) if raw.isdigit() else None
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(TenantScopedReadOnlyAdmin):
+    list_display = (
+        "request_id",
+        "created_at",
+        "tenant_id",
+        "api_key_id",
+        "model",
+        "tokens_in",
+        "tokens_out",
+        "cost_usd",
+        "outcome",
+        "status_code",
+    )
+    list_filter = ("outcome", "endpoint", "stream")
+    search_fields = ("request_id",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    change_list_template = "admin/usage/usageevent/change_list.html"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("dashboard/", view(self.dashboard_view), name="usage_dashboard"),
+            path("statement/", view(self.statement_view), name="usage_statement"),
+            path("statement.csv", view(self.statement_csv_view), name="usage_statement_csv"),
+            *super().get_urls(),
+        ]
+
+    # -- dashboard -------------------------------------------------------------------------
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        if not self._member(request):
+            raise PermissionDenied
+        tenant_ids = tenant_scope(request.user, _tenant_param(request))
+        try:
+            start, end = parse_range(request.GET.get("start"), request.GET.get("end"))
+        except ValueError as exc:
+            return HttpResponse(str(exc), status=400, content_type="text/plain")
+        daily = list(usage_report(tenant_ids=tenant_ids, start=start, end=end, group_by="day"))
+        days, totals_series = spend_series(
+            tenant_ids=tenant_ids, start=start, end=end, dimension="tenant", top=1_000
+        )
+        by_day = [
+            sum((values[i] for values in totals_series.values()), Decimal(0))
+            for i in range(len(days))
+        ]
+        dimension_charts = []
+        for dimension in ("tenant", "key", "model", "provider"):
+            d_days, series = spend_series(
+                tenant_ids=tenant_ids, start=start, end=end, dimension=dimension
+            )
+            dimension_charts.append(
+                (dimension, charts.line_chart(d_days, series, title=f"Spend per {dimension}"))
+            )
+        keys = list(usage_report(tenant_ids=tenant_ids, start=start, end=end, group_by="key"))
+        keys.sort(key=lambda r: -r["cost_usd"])
+        key_labels = report_labels(keys[:10], "key")
+        top_keys = [report_row(r, "key", key_labels) for r in keys[:10]]
+        total_cost = sum((r["cost_usd"] for r in daily), Decimal(0))
+        savings = route_savings(tenant_ids=tenant_ids, start=start, end=end)
+        visible = visible_tenant_ids(request.user)
+        tenants = Tenant.objects.order_by("slug")
+        if visible is not None:
+            tenants = tenants.filter(id__in=visible)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cost dashboard",
+            "opts": self.model._meta,
+            "start": start,
+            "end_inclusive": end - timedelta(days=1),
+            "tenants": tenants,
+            "selected_tenant": _tenant_param(request),
+            "total_cost": total_cost,
+            "total_cost_cents": to_cents(total_cost),
+            "total_requests": sum(r["requests"] for r in daily),
+            "total_errors": sum(r["errors"] for r in daily),
+            "total_tokens": sum(r["tokens_in"] + r["tokens_out"] for r in daily),
+            "total_savings": sum((r["cache_savings_usd"] for r in daily), Decimal(0)),
+            "spend_chart": charts.bar_chart(days, by_day, title="Daily spend"),
+            "dimension_charts": dimension_charts,
+            "top_keys": top_keys,
+            "budgets": budget_uses(tenant_ids=tenant_ids),
+            "route_savings": savings,
+            "rounding_rule": ROUNDING_RULE,
+        }
+        return TemplateResponse(request, "admin/usage/dashboard.html", context)
+
+    # -- statement -------------------------------------------------------------------------
+    def _statement(self, request: HttpRequest):
+        if not self._member(request):
+            raise PermissionDenied
+        tenant_id = _tenant_param(request)
+        visible = visible_tenant_ids(request.user)
+        if tenant_id is None and visible:
+            tenant_id = visible[0]
+        if tenant_id is None:
+            return None, None
+        tenant_scope(request.user, tenant_id)
+        raw_month = request.GET.get("month") or timezone.now().strftime("%Y-%m")
+        try:
+            month = date.fromisoformat(f"{raw_month}-01")
+        except ValueError:
+            month = timezone.now().date().replace(day=1)
+        start, end = month_bounds(month)
+        return statement_build(tenant_id=tenant_id, start=start, end=end), month
+
+    def statement_view(self, request: HttpRequest) -> HttpResponse:
+        statement, month = self._statement(request)
+        visible = visible_tenant_ids(request.user)
+        tenants = Tenant.objects.order_by("slug")
+        if visible is not None:
+            tenants = tenants.filter(id__in=visible)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Monthly statement",
+            "opts": self.model._meta,
+            "statement": statement,
+            "month": month,
+            "tenants": tenants,
+        }
+        return TemplateResponse(request, "admin/usage/statement.html", context)
+
+    def statement_csv_view(self, request: HttpRequest) -> HttpResponse:
+        statement, month = self._statement(request)
+        if statement is None:
+            return HttpResponse("tenant required", status=400, content_type="text/plain")
+        response = StreamingHttpResponse(
+            csv_lines(statement_rows(statement)), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="statement-{statement.tenant_slug}-{month:%Y-%m}.csv"'
+        )
+        return response
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(TenantScopedReadOnlyAdmin):
+    list_display = (
+        "period",
+        "bucket_start",
+        "tenant_id",
+        "api_key_id",
+        "model",
+        "requests",
+        "errors",
+        "tokens_in",
+        "tokens_out",
+        "cost_usd",
+    )
+    list_filter = ("period",)
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False

@@ -1,0 +1,32 @@
+"""Celery tasks of the usage room: thin, idempotent, each calls one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from providers.prices import model_prices_sync as model_prices_sync_service
+from usage.rollups import usage_retention as usage_retention_service
+from usage.rollups import usage_rollup as usage_rollup_service
+from usage.stream import usage_stream_drain as usage_stream_drain_service
+
+
+@shared_task(name="usage.tasks.usage_stream_drain", ignore_result=True)
+def usage_stream_drain() -> dict[str, int]:
+    """Drain the usage stream into PostgreSQL until it is empty (or the time budget ends)."""
+    return usage_stream_drain_service().as_dict()
+
+
+@shared_task(name="usage.tasks.usage_rollup", ignore_result=True)
+def usage_rollup() -> dict[str, int]:
+    result = usage_rollup_service()
+    return {"hours": result.hours, "days": result.days, "rows": result.rows}
+
+
+@shared_task(name="usage.tasks.usage_retention", ignore_result=True)
+def usage_retention() -> int:
+    return usage_retention_service().deleted
+
+
+@shared_task(name="usage.tasks.model_prices_sync", ignore_result=True)
+def model_prices_sync() -> int:
+    return model_prices_sync_service()
