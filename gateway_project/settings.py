@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "channels",
     "providers",
     "tenants",
@@ -75,7 +76,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
-
 # The inference API (gateway_project.fast_asgi) runs its own chain of native async middleware
 # only: the MiddlewareMixin ones above hop to a thread twice per request each. Its metrics are
 # routing.metrics' gateway_* series (recorded by the routing service, no middleware needed).
@@ -85,6 +85,7 @@ INFERENCE_MIDDLEWARE = [
 # HTTP paths served by that handler (a prefix ending in "/" covers its subtree; otherwise the
 # exact path, with or without a trailing slash).
 INFERENCE_PATHS = ("/v1/", "/api/v1/generate")
+
 ROOT_URLCONF = "gateway_project.urls"
 
 TEMPLATES = [
@@ -125,6 +126,12 @@ REDIS_URL = env_str("REDIS_URL", "")
 
 # The state store holds rate windows, concurrency slots, budget counters and the usage stream.
 GATEWAY_STATE_BACKEND = env_str("GATEWAY_STATE_BACKEND", "redis" if REDIS_URL else "memory")
+# Concurrency slots and budget reservations of a process that died expire after this; keep it
+# above the longest request (GATEWAY_UPSTREAM_TOTAL_TIMEOUT) so a live request never loses its slot.
+GATEWAY_ADMISSION_TTL_SECONDS = env_float("GATEWAY_ADMISSION_TTL_SECONDS", 900.0)
+GATEWAY_STATE_REDIS_POOL_SIZE = env_int("GATEWAY_STATE_REDIS_POOL_SIZE", 64)
+# Budget alerts (webhook POST, email) run in Celery, off the request path.
+GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -147,6 +154,22 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Periodic work (`celery -A gateway_project beat`). Each entry expires after one interval so a
+# backlog of stale ticks never piles up behind a slow run.
+CELERY_BEAT_SCHEDULE = {
+    "usage-stream-drain": {
+        "task": "usage.tasks.usage_stream_drain",
+        "schedule": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0),
+        "options": {"expires": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)},
+    },
+    "usage-rollup": {
+        "task": "usage.tasks.usage_rollup",
+        "schedule": env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0),
+        "options": {"expires": env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0)},
+    },
+    "model-prices-sync": {"task": "usage.tasks.model_prices_sync", "schedule": 60.0},
+    "usage-retention": {"task": "usage.tasks.usage_retention", "schedule": 3600.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -168,6 +191,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Gateway management API",
+    "DESCRIPTION": "Tenants, API keys, limits and budgets. Authenticate with "
+    "`Authorization: Token <operator token>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 # Gateway knobs.
@@ -195,6 +226,26 @@ GATEWAY_ENCRYPTION_KEY = env_str("GATEWAY_ENCRYPTION_KEY", "")
 GATEWAY_USAGE_WRITE_MODE = env_str(
     "GATEWAY_USAGE_WRITE_MODE", "stream" if GATEWAY_STATE_BACKEND == "redis" else "direct"
 )
+# Usage pipeline. In "stream" mode settlement XADDs the event (orjson under field "e") to this
+# stream; Celery drains it through the consumer group. Block time stays below redis-py 8's
+# default socket_timeout (5 s) so blocking reads never time out the connection.
+GATEWAY_USAGE_STREAM = env_str("GATEWAY_USAGE_STREAM", "gw:usage")
+GATEWAY_USAGE_STREAM_GROUP = env_str("GATEWAY_USAGE_STREAM_GROUP", "usage-writers")
+GATEWAY_USAGE_DEAD_LETTER_STREAM = env_str("GATEWAY_USAGE_DEAD_LETTER_STREAM", "gw:usage:dead")
+GATEWAY_USAGE_DRAIN_BATCH = env_int("GATEWAY_USAGE_DRAIN_BATCH", 500)
+GATEWAY_USAGE_DRAIN_BLOCK_MS = env_int("GATEWAY_USAGE_DRAIN_BLOCK_MS", 1000)
+GATEWAY_USAGE_DRAIN_MAX_SECONDS = env_float("GATEWAY_USAGE_DRAIN_MAX_SECONDS", 50.0)
+GATEWAY_USAGE_CLAIM_MIN_IDLE_MS = env_int("GATEWAY_USAGE_CLAIM_MIN_IDLE_MS", 60_000)
+GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)
+# Direct mode: bounded in-process queue; a full queue makes the caller wait (never drops).
+GATEWAY_USAGE_QUEUE_MAX = env_int("GATEWAY_USAGE_QUEUE_MAX", 10_000)
+GATEWAY_USAGE_WRITER_BATCH = env_int("GATEWAY_USAGE_WRITER_BATCH", 500)
+# Rollups recompute every bucket touched by events ingested since the last run minus this
+# overlap (covers batches that committed late).
+GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0)
+GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS = env_int("GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS", 600)
+# Raw events older than this are deleted once rollups covering them are final.
+GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 90)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 

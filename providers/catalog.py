@@ -3,14 +3,17 @@ go and swapped atomically, so the request path never queries the database for th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from providers.adapters.base import ProviderConfig
-from providers.models import Model, Provider
+from providers.models import Model, ModelPrice, Provider
 from providers.secrets import provider_secret_resolve
 
 
@@ -28,6 +31,16 @@ class ModelEntry:
     supports_tools: bool
     supports_vision: bool
     supports_embeddings: bool
+    # Effective-dated prices, sorted by start: ((effective_from, input, output), ...).
+    price_schedule: tuple[tuple[datetime, Decimal, Decimal], ...] = ()
+
+    def price_at(self, when: datetime) -> tuple[Decimal, Decimal]:
+        """(input, output) USD per 1M tokens in force at `when` (the request's time)."""
+        if not self.price_schedule:
+            return self.input_price_per_mtok, self.output_price_per_mtok
+        index = bisect_right(self.price_schedule, when, key=lambda row: row[0])
+        _, price_in, price_out = self.price_schedule[max(0, index - 1)]
+        return price_in, price_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,26 +68,44 @@ def provider_config_from(provider: Provider) -> ProviderConfig:
     )
 
 
-def model_entry_from(model: Model) -> ModelEntry:
+def model_entry_from(model: Model, prices: Iterable[ModelPrice] = ()) -> ModelEntry:
+    schedule = tuple(
+        sorted((p.effective_from, p.input_price_per_mtok, p.output_price_per_mtok) for p in prices)
+    )
+    price_in, price_out = model.input_price_per_mtok, model.output_price_per_mtok
+    if schedule:
+        # The price in force at load time (a scheduled change may not be mirrored yet).
+        index = bisect_right(schedule, timezone.now(), key=lambda row: row[0])
+        _, price_in, price_out = schedule[max(0, index - 1)]
     return ModelEntry(
         id=model.id,
         name=model.name,
         provider_id=model.provider_id,
         upstream_model=model.upstream_model,
-        input_price_per_mtok=model.input_price_per_mtok,
-        output_price_per_mtok=model.output_price_per_mtok,
+        input_price_per_mtok=price_in,
+        output_price_per_mtok=price_out,
         context_window=model.context_window,
         max_output_tokens=model.max_output_tokens,
         supports_streaming=model.supports_streaming,
         supports_tools=model.supports_tools,
         supports_vision=model.supports_vision,
         supports_embeddings=model.supports_embeddings,
+        price_schedule=schedule,
     )
 
 
-def _build(providers: list[Provider], models: list[Model]) -> Catalog:
+def _build(
+    providers: list[Provider], models: list[Model], prices: Iterable[ModelPrice] = ()
+) -> Catalog:
     provider_configs = {p.id: provider_config_from(p) for p in providers}
-    entries = [model_entry_from(m) for m in models if m.provider_id in provider_configs]
+    by_model: dict[int, list[ModelPrice]] = {}
+    for price in prices:
+        by_model.setdefault(price.model_id, []).append(price)
+    entries = [
+        model_entry_from(m, by_model.get(m.id, ()))
+        for m in models
+        if m.provider_id in provider_configs
+    ]
     return Catalog(
         providers=provider_configs,
         models={e.name: e for e in entries},
@@ -85,13 +116,15 @@ def _build(providers: list[Provider], models: list[Model]) -> Catalog:
 def catalog_load() -> Catalog:
     providers = list(Provider.objects.filter(is_active=True))
     models = list(Model.objects.filter(is_active=True))
-    return _build(providers, models)
+    prices = list(ModelPrice.objects.filter(model__is_active=True))
+    return _build(providers, models, prices)
 
 
 async def catalog_aload() -> Catalog:
     providers = [p async for p in Provider.objects.filter(is_active=True)]
     models = [m async for m in Model.objects.filter(is_active=True)]
-    return _build(providers, models)
+    prices = [p async for p in ModelPrice.objects.filter(model__is_active=True)]
+    return _build(providers, models, prices)
 
 
 # Listeners told (after commit) that the catalog changed; gateway wiring registers the one that
