@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import orjson
@@ -27,7 +26,14 @@ from routing.errors import (
 from routing.schemas import ChatCompletionIn, EmbeddingsIn, ErrorOut, ModelListOut
 from routing.services import InferenceCall, rejected_request_record
 from routing.snapshot import ResolvedRoute, snapshot_get
-from routing.sse import DONE, ChunkEncoder, completion_body, is_usage_only
+from routing.sse import completion_body
+from routing.streaming import (
+    OpenAIStreamEncoder,
+    keepalive_interval,
+    sse_stream,
+    stream_headers,
+    stream_start,
+)
 from tenants.admission import AdmissionDenied
 from tenants.keys import api_key_from_headers
 from tenants.policy import KeyPolicy
@@ -224,7 +230,7 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
         return await _reject(request, gateway_error_from_admission(denied), endpoint="chat")
 
     if chat.stream:
-        return _stream_response(call, chat, model=payload.model)
+        return await _stream_response(call, chat, model=payload.model)
 
     try:
         response = await call.complete(chat)
@@ -243,31 +249,24 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
     )
 
 
-def _stream_response(call: InferenceCall, chat: ChatRequest, *, model: str) -> HttpResponse:
-    encoder = ChunkEncoder(completion_id=f"chatcmpl-{uuid.uuid4().hex[:29]}", model=model)
-
-    async def events() -> AsyncIterator[bytes]:
-        outcome, status, error_type = "cancelled", 499, "client_disconnected"
-        try:
-            async for chunk in call.stream(chat):
-                if is_usage_only(chunk) and not chat.include_usage:
-                    continue
-                yield encoder.encode(chunk)
-            outcome, status, error_type = "ok", 200, ""
-        except ProviderError as exc:
-            outcome, status, error_type = "error", exc.status, exc.code
-            # Headers are gone already: the error travels in-band, then the stream ends.
-            yield encoder.error(message=exc.message, error_type=exc.error_type, code=exc.code)
-        finally:
-            await asyncio.shield(
-                call.finish(status_code=status, outcome=outcome, error_type=error_type)
-            )
-        yield DONE
-
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return _with_headers(response, call.rate_limit_headers | {"x-gateway-route": call.route.name})
+async def _stream_response(call: InferenceCall, chat: ChatRequest, *, model: str) -> HttpResponse:
+    # The first chunk is awaited before the headers go out, so a request that fails before any
+    # output still gets its real status (see routing/streaming.py).
+    try:
+        pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
+    except ProviderError as exc:
+        error = gateway_error_from_provider(exc)
+        await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
+        return error_response(error, call.gateway_headers())
+    encoder = OpenAIStreamEncoder(
+        completion_id=f"chatcmpl-{uuid.uuid4().hex[:29]}",
+        model=model,
+        include_usage=chat.include_usage,
+    )
+    response = StreamingHttpResponse(
+        sse_stream(call=call, pump=pump, encoder=encoder), content_type="text/event-stream"
+    )
+    return _with_headers(response, stream_headers(call))
 
 
 @api.get("/v1/models", response={200: ModelListOut, 401: ErrorOut}, summary="List usable models")
@@ -332,3 +331,8 @@ async def embeddings(request: HttpRequest, payload: EmbeddingsIn):
     return _with_headers(
         HttpResponse(orjson.dumps(body), content_type="application/json"), call.gateway_headers()
     )
+
+
+# The other ingress shapes register their views on `api` and reuse the helpers above; they are
+# imported last so that importing either module first also works.
+from routing import generate, messages  # noqa: E402, F401

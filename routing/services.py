@@ -100,6 +100,8 @@ class InferenceCall:
         self.ttft_ms: float | None = None
         self.cost: Decimal = Decimal(0)
         self._finished = False
+        # The usage the single usage event carries, once finish() ran (streams end with it).
+        self.settled_usage: Usage | None = None
         self._messages: list[dict[str, Any]] = []
         self._streamed_text: list[str] = []
 
@@ -307,7 +309,7 @@ class InferenceCall:
         if self._finished:
             return
         self._finished = True
-        usage = self._final_usage()
+        usage = self.settled_usage = self._final_usage()
         target = self.served
         if target is not None:
             self.cost = cost_usd(
