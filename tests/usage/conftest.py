@@ -5,6 +5,8 @@ from decimal import Decimal
 
 import pytest
 
+from providers.models import Model
+
 from tests.factories import (
     ModelFactory,
     ProviderFactory,
@@ -32,6 +34,10 @@ def usage_world(transactional_db):
         output_price_per_mtok=Decimal("10.000000"),
     )
     route_create(name="u-chat", models=[cheap, dear])
+    # The test events are dated in 2026-10: the models existed before that.
+    Model.objects.filter(pk__in=[cheap.pk, dear.pk]).update(created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    cheap.refresh_from_db()
+    dear.refresh_from_db()
     acme, globex = TenantFactory(slug="acme"), TenantFactory(slug="globex")
     key_a, _ = api_key_create_for_test(tenant=acme, name="acme-prod")
     key_b, _ = api_key_create_for_test(tenant=acme, name="acme-dev")
