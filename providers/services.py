@@ -1,0 +1,290 @@
+"""Writes to the provider catalog: providers (with their sealed secrets) and models. Every
+change is validated, saved in one transaction, logged without secrets, and ends with
+catalog_changed() so every process drops its snapshot after commit. Admin, commands and
+loaders call these; nothing else writes Provider or Model rows."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from providers.catalog import catalog_changed
+from providers.models import Model, Provider, ProviderKind
+from providers.prices import model_price_set
+from providers.secrets import secret_seal
+
+logger = logging.getLogger("gateway.providers")
+
+PROVIDER_FIELDS = frozenset(
+    {
+        "name",
+        "kind",
+        "base_url",
+        "secret_env",
+        "options",
+        "connect_timeout_s",
+        "first_byte_timeout_s",
+        "stream_idle_timeout_s",
+        "total_timeout_s",
+        "max_retries",
+        "is_active",
+    }
+)
+MODEL_FIELDS = frozenset(
+    {
+        "name",
+        "provider",
+        "upstream_model",
+        "input_price_per_mtok",
+        "output_price_per_mtok",
+        "context_window",
+        "max_output_tokens",
+        "supports_streaming",
+        "supports_tools",
+        "supports_vision",
+        "supports_embeddings",
+        "is_active",
+    }
+)
+_PRICE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok")
+_TIMEOUT_FIELDS = (
+    "connect_timeout_s",
+    "first_byte_timeout_s",
+    "stream_idle_timeout_s",
+    "total_timeout_s",
+)
+# Kinds that have no public default endpoint.
+_BASE_URL_REQUIRED = frozenset({ProviderKind.OPENAI_COMPATIBLE, ProviderKind.AZURE_OPENAI})
+
+
+def _provider_validate(provider: Provider) -> None:
+    errors: dict[str, str] = {}
+    if provider.kind in _BASE_URL_REQUIRED and not provider.base_url:
+        errors["base_url"] = f"required for {ProviderKind(provider.kind).label} providers"
+    elif provider.base_url:
+        # Not Django's URLValidator: it rejects hosts without a dot ("http://vllm:8000/v1"),
+        # which is how self-hosted servers are usually reached.
+        parsed = urlsplit(provider.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            errors["base_url"] = "must be an http(s) URL"
+    if not isinstance(provider.options, dict):
+        errors["options"] = "must be a JSON object"
+    else:
+        headers = provider.options.get("headers")
+        if headers is not None and not (
+            isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
+        ):
+            errors["options"] = "options.headers must be an object of strings"
+    for name in _TIMEOUT_FIELDS:
+        if getattr(provider, name) is None or getattr(provider, name) <= 0:
+            errors[name] = "must be a positive number of seconds"
+    if errors:
+        raise ValidationError(errors)
+    provider.full_clean(exclude=["secret_encrypted", "base_url"])
+
+
+def _unknown(fields: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError({name: "not an editable field" for name in sorted(unknown)})
+
+
+def provider_create(
+    *,
+    name: str,
+    kind: str,
+    base_url: str = "",
+    secret: str = "",
+    secret_env: str = "",
+    options: dict[str, Any] | None = None,
+    connect_timeout_s: float = 5.0,
+    first_byte_timeout_s: float = 60.0,
+    stream_idle_timeout_s: float = 60.0,
+    total_timeout_s: float = 600.0,
+    max_retries: int = 1,
+    is_active: bool = True,
+) -> Provider:
+    """Create a provider. A plain `secret` is sealed at once and never stored in clear."""
+    provider = Provider(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        secret_env=secret_env,
+        secret_encrypted=secret_seal(secret) if secret else "",
+        options=dict(options or {}),
+        connect_timeout_s=connect_timeout_s,
+        first_byte_timeout_s=first_byte_timeout_s,
+        stream_idle_timeout_s=stream_idle_timeout_s,
+        total_timeout_s=total_timeout_s,
+        max_retries=max_retries,
+        is_active=is_active,
+    )
+    _provider_validate(provider)
+    with transaction.atomic():
+        provider.save()
+        catalog_changed()
+    logger.info(
+        "provider.created",
+        extra={
+            "provider_id": provider.pk,
+            "provider": provider.name,
+            "kind": provider.kind,
+            "secret_set": bool(secret),
+        },
+    )
+    return provider
+
+
+def provider_update(
+    *,
+    provider: Provider,
+    fields: dict[str, Any] | None = None,
+    secret: str | None = None,
+    clear_secret: bool = False,
+) -> Provider:
+    """Change a provider's editable fields; `secret` (when not None or empty) replaces the
+    sealed secret, `clear_secret` removes it. Fields not given stay as they are."""
+    fields = dict(fields or {})
+    _unknown(fields, PROVIDER_FIELDS)
+    changed = sorted(name for name, value in fields.items() if getattr(provider, name) != value)
+    for name, value in fields.items():
+        setattr(provider, name, value)
+    if secret:
+        provider.secret_encrypted = secret_seal(secret)
+        changed.append("secret")
+    elif clear_secret and provider.secret_encrypted:
+        provider.secret_encrypted = ""
+        changed.append("secret")
+    _provider_validate(provider)
+    with transaction.atomic():
+        provider.save()
+        catalog_changed()
+    logger.info(
+        "provider.updated",
+        extra={"provider_id": provider.pk, "provider": provider.name, "changed": changed},
+    )
+    return provider
+
+
+def provider_deactivate(*, provider: Provider) -> Provider:
+    """Take a provider (and so every model on it) out of the catalog without deleting the
+    rows usage history points to."""
+    return provider_update(provider=provider, fields={"is_active": False})
+
+
+def _model_validate(model: Model) -> None:
+    errors: dict[str, str] = {}
+    for name in _PRICE_FIELDS:
+        value = getattr(model, name)
+        if value is None or Decimal(value) < 0:
+            errors[name] = "must be a non-negative price (USD per 1M tokens)"
+    if (
+        model.max_output_tokens
+        and model.context_window
+        and (model.max_output_tokens > model.context_window)
+    ):
+        errors["max_output_tokens"] = "cannot exceed the context window"
+    if errors:
+        raise ValidationError(errors)
+    model.full_clean()
+
+
+def model_create(
+    *,
+    name: str,
+    provider: Provider,
+    upstream_model: str,
+    input_price_per_mtok: Decimal | str = Decimal("0"),
+    output_price_per_mtok: Decimal | str = Decimal("0"),
+    context_window: int = 8192,
+    max_output_tokens: int = 4096,
+    supports_streaming: bool = True,
+    supports_tools: bool = True,
+    supports_vision: bool = False,
+    supports_embeddings: bool = False,
+    is_active: bool = True,
+) -> Model:
+    """Add a catalog entry; its price is the price from its creation on."""
+    model = Model(
+        name=name,
+        provider=provider,
+        upstream_model=upstream_model,
+        input_price_per_mtok=Decimal(str(input_price_per_mtok)),
+        output_price_per_mtok=Decimal(str(output_price_per_mtok)),
+        context_window=context_window,
+        max_output_tokens=max_output_tokens,
+        supports_streaming=supports_streaming,
+        supports_tools=supports_tools,
+        supports_vision=supports_vision,
+        supports_embeddings=supports_embeddings,
+        is_active=is_active,
+    )
+    _model_validate(model)
+    with transaction.atomic():
+        model.save()
+        catalog_changed()
+    logger.info(
+        "model.created",
+        extra={"model_id": model.pk, "model": model.name, "provider_id": provider.pk},
+    )
+    return model
+
+
+def model_update(*, model: Model, fields: dict[str, Any]) -> Model:
+    """Change a catalog entry. A price change goes through the price history (effective
+    now), so past requests keep the price they were charged."""
+    fields = dict(fields)
+    _unknown(fields, MODEL_FIELDS)
+    prices = {name: fields.pop(name) for name in _PRICE_FIELDS if name in fields}
+    new_prices = {name: Decimal(str(value)) for name, value in prices.items()}
+    price_changed = any(getattr(model, name) != value for name, value in new_prices.items())
+    changed = sorted(name for name, value in fields.items() if getattr(model, name) != value)
+    for name, value in fields.items():
+        setattr(model, name, value)
+    # Validate with the new prices in place, but let the price service write them.
+    current = {name: getattr(model, name) for name in _PRICE_FIELDS}
+    for name, value in new_prices.items():
+        setattr(model, name, value)
+    _model_validate(model)
+    for name, value in current.items():
+        setattr(model, name, value)
+    with transaction.atomic():
+        model.save()
+        if price_changed:
+            model_price_set(
+                model=model,
+                input_price_per_mtok=new_prices.get(
+                    "input_price_per_mtok", model.input_price_per_mtok
+                ),
+                output_price_per_mtok=new_prices.get(
+                    "output_price_per_mtok", model.output_price_per_mtok
+                ),
+            )
+            changed.extend(name for name in _PRICE_FIELDS if name in new_prices)
+        catalog_changed()
+    logger.info(
+        "model.updated",
+        extra={"model_id": model.pk, "model": model.name, "changed": sorted(set(changed))},
+    )
+    return model
+
+
+def model_upsert(
+    *, name: str, provider: Provider, upstream_model: str, **attributes: Any
+) -> tuple[Model, bool]:
+    """Create the model called `name`, or update it to match: (model, created). Meant for
+    scripts and declarative loaders, which know entries by name."""
+    _unknown(attributes, MODEL_FIELDS)
+    existing = Model.objects.filter(name=name).first()
+    if existing is None:
+        return (
+            model_create(name=name, provider=provider, upstream_model=upstream_model, **attributes),
+            True,
+        )
+    fields = {"provider": provider, "upstream_model": upstream_model, **attributes}
+    return model_update(model=existing, fields=fields), False
