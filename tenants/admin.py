@@ -1,0 +1,330 @@
+"""Tenant-scoped administration. Platform staff (superusers) see everything; a tenant admin
+(staff user with a TenantMembership) sees and manages only their tenants' keys, limits, alerts
+and audit trail: every queryset, every FK choice and every object permission is filtered, so
+another tenant's object is not found even by URL. Writes go through tenants.services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from tenants import services
+from tenants.models import ApiKey, AuditEvent, BudgetAlert, Tenant, TenantMembership
+from tenants.selectors import tenant_ids_visible_to, tenants_visible_to
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin:{request.user.get_username()}"
+
+
+def _is_member(request: HttpRequest) -> bool:
+    user = request.user
+    return bool(
+        user.is_active and user.is_staff and (user.is_superuser or tenant_ids_visible_to(user=user))
+    )
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    """Filters by tenant for non-superusers; `tenant_path` is the lookup to the tenant id."""
+
+    tenant_path = "tenant_id"
+    member_can_add = False
+    member_can_change = False
+
+    def _visible(self, request: HttpRequest) -> list[int] | None:
+        cached = getattr(request, "_tenant_ids_visible", "unset")
+        if cached == "unset":
+            cached = tenant_ids_visible_to(user=request.user)
+            request._tenant_ids_visible = cached
+        return cached
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        ids = self._visible(request)
+        return queryset if ids is None else queryset.filter(**{f"{self.tenant_path}__in": ids})
+
+    def _owns(self, request: HttpRequest, obj) -> bool:
+        ids = self._visible(request)
+        if ids is None:
+            return True
+        tenant_id = obj.pk if isinstance(obj, Tenant) else getattr(obj, "tenant_id", None)
+        return tenant_id in ids
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "tenant":
+            kwargs["queryset"] = tenants_visible_to(user=request.user)
+        elif db_field.name == "api_key":
+            ids = self._visible(request)
+            keys = ApiKey.objects.all()
+            kwargs["queryset"] = keys if ids is None else keys.filter(tenant_id__in=ids)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    # Tenant admins need no Django model permissions: membership is the permission.
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser or _is_member(request)
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        if request.user.is_superuser:
+            return True
+        return _is_member(request) and (obj is None or self._owns(request, obj))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        if request.user.is_superuser:
+            return True
+        return self.member_can_add and _is_member(request)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        if request.user.is_superuser:
+            return True
+        return (
+            self.member_can_change
+            and _is_member(request)
+            and (obj is None or self._owns(request, obj))
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Keys are revoked, not deleted (usage and audit keep pointing at them).
+        return request.user.is_superuser
+
+
+class VisibleTenantFilter(admin.SimpleListFilter):
+    """A tenant filter that lists only the tenants the operator may see."""
+
+    title = "tenant"
+    parameter_name = "tenant"
+
+    def lookups(self, request, model_admin):
+        return [(t.pk, t.slug) for t in tenants_visible_to(user=request.user).only("id", "slug")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(tenant_id=value) if value and value.isdigit() else queryset
+
+
+class RevokedFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+LIMIT_FIELDSET = (
+    "Limits and budget (empty = unlimited)",
+    {"fields": ("budget_usd", "budget_period", "rpm_limit", "tpm_limit", "max_concurrency")},
+)
+
+
+@admin.register(Tenant)
+class TenantAdmin(TenantScopedAdmin):
+    tenant_path = "id"
+    # A tenant's limits and budget are the platform's cap: tenant admins read them and
+    # manage their alert settings and keys; platform staff change the caps.
+    member_can_change = True
+    list_display = (
+        "slug",
+        "name",
+        "is_active",
+        "budget_usd",
+        "budget_period",
+        "rpm_limit",
+        "tpm_limit",
+        "max_concurrency",
+        "timezone",
+    )
+    list_filter = ("is_active", "budget_period")
+    search_fields = ("slug", "name")
+    list_per_page = 50
+    show_full_result_count = False
+    fieldsets = (
+        (None, {"fields": ("slug", "name", "is_active", "timezone")}),
+        LIMIT_FIELDSET,
+        ("Budget alerts", {"fields": ("alert_thresholds", "alert_webhook_url", "alert_email")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return ("slug",) if obj else ()
+        return (
+            "slug",
+            "name",
+            "is_active",
+            "timezone",
+            "budget_usd",
+            "budget_period",
+            "rpm_limit",
+            "tpm_limit",
+            "max_concurrency",
+        )
+
+    def save_model(self, request, obj: Tenant, form, change: bool) -> None:
+        data = form.cleaned_data
+        try:
+            if not change:
+                created = services.tenant_create(
+                    slug=data["slug"],
+                    name=data.get("name", ""),
+                    actor=_actor(request),
+                    timezone_name=data.get("timezone") or "UTC",
+                    budget_usd=data.get("budget_usd"),
+                    budget_period=data.get("budget_period") or "monthly",
+                    rpm_limit=data.get("rpm_limit"),
+                    tpm_limit=data.get("tpm_limit"),
+                    max_concurrency=data.get("max_concurrency"),
+                    alert_thresholds=data.get("alert_thresholds"),
+                    alert_webhook_url=data.get("alert_webhook_url", ""),
+                    alert_email=data.get("alert_email", ""),
+                )
+                obj.pk = obj.id = created.pk
+                return
+            mapping = {"timezone": "timezone_name"}
+            changes = {mapping.get(f, f): data[f] for f in form.changed_data if f in data}
+            services.tenant_update_limits(tenant=obj, actor=_actor(request), **changes)
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), level=messages.ERROR)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(TenantScopedAdmin):
+    member_can_add = True
+    member_can_change = True
+    list_display = (
+        "prefix",
+        "tenant",
+        "name",
+        "rpm_limit",
+        "tpm_limit",
+        "max_concurrency",
+        "budget_usd",
+        "budget_period",
+        "expires_at",
+        "is_revoked",
+        "created_at",
+    )
+    list_filter = (VisibleTenantFilter, RevokedFilter, "budget_period")
+    search_fields = ("prefix", "name", "tenant__slug")
+    list_select_related = ("tenant",)
+    list_per_page = 50
+    show_full_result_count = False  # no COUNT(*) over a big table on every page
+    ordering = ("-created_at",)
+    actions = ("revoke_selected", "rotate_selected")
+    readonly_fields = ("prefix", "revoked_at", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("tenant", "name", "prefix", "allowed_models", "expires_at")}),
+        LIMIT_FIELDSET,
+        ("State", {"fields": ("revoked_at", "created_at", "updated_at")}),
+    )
+
+    @admin.display(boolean=True, description="revoked")
+    def is_revoked(self, obj: ApiKey) -> bool:
+        return obj.revoked_at is not None
+
+    def get_readonly_fields(self, request, obj=None):
+        # The tenant of an issued key never changes.
+        return (*self.readonly_fields, "tenant") if obj else self.readonly_fields
+
+    def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        data = form.cleaned_data
+        limits = {
+            name: data.get(name)
+            for name in ("budget_usd", "rpm_limit", "tpm_limit", "max_concurrency")
+        }
+        try:
+            if not change:
+                key, raw = services.api_key_create(
+                    tenant=data["tenant"],
+                    actor=_actor(request),
+                    name=data.get("name", ""),
+                    budget_period=data.get("budget_period") or "monthly",
+                    allowed_models=data.get("allowed_models") or (),
+                    expires_at=data.get("expires_at"),
+                    **limits,
+                )
+                obj.pk = obj.id = key.pk
+                obj.prefix, obj.key_hash = key.prefix, key.key_hash
+                self.message_user(
+                    request,
+                    f"New API key (shown once, store it now): {raw}",
+                    level=messages.WARNING,
+                )
+                return
+            changes = {f: data[f] for f in form.changed_data if f in data}
+            services.api_key_update_limits(key=obj, actor=_actor(request), **changes)
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), level=messages.ERROR)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request, queryset):
+        count = 0
+        for key in queryset:
+            services.api_key_revoke(key=key, actor=_actor(request))
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", level=messages.SUCCESS)
+
+    @admin.action(description="Rotate selected keys (new raw keys are shown once)")
+    def rotate_selected(self, request, queryset):
+        for key in queryset.filter(revoked_at__isnull=True):
+            new, raw = services.api_key_rotate(key=key, actor=_actor(request))
+            self.message_user(
+                request,
+                f"{key.prefix}… rotated; new key (shown once): {raw}",
+                level=messages.WARNING,
+            )
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(TenantScopedAdmin):
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = (VisibleTenantFilter,)
+    search_fields = ("user__username", "tenant__slug")
+    list_select_related = ("user", "tenant")
+    autocomplete_fields = ()
+
+
+class ReadOnlyScopedAdmin(TenantScopedAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyScopedAdmin):
+    list_display = ("created_at", "tenant", "actor", "action", "target")
+    list_filter = (VisibleTenantFilter, "action")
+    search_fields = ("actor", "target", "action")
+    list_select_related = ("tenant",)
+    list_per_page = 100
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyScopedAdmin):
+    list_display = (
+        "created_at",
+        "tenant",
+        "scope",
+        "api_key",
+        "period_key",
+        "threshold",
+        "spend_usd",
+        "budget_usd",
+        "webhook_sent_at",
+        "email_sent_at",
+        "last_error",
+    )
+    list_filter = (VisibleTenantFilter, "scope", "threshold")
+    list_select_related = ("tenant", "api_key")
+    list_per_page = 100
+    show_full_result_count = False

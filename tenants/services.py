@@ -1,0 +1,504 @@
+"""Writes. Each service makes one state change completely: validation, the write, an audit
+event, and (on commit) a move of the shared config version, so every gateway process drops its
+cached key policies within a second."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants.admission import config_changed_notify
+from tenants.keys import api_key_display_prefix, api_key_generate, api_key_hash
+from tenants.models import (
+    AlertScope,
+    ApiKey,
+    AuditEvent,
+    BudgetAlert,
+    BudgetPeriod,
+    Tenant,
+)
+
+logger = logging.getLogger("gateway.tenants")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""Marks an argument the caller did not pass (None already means 'unlimited')."""
+
+LIMIT_FIELDS = ("budget_usd", "budget_period", "rpm_limit", "tpm_limit", "max_concurrency")
+
+
+class BudgetAlertDeliveryError(Exception):
+    """A notification could not be delivered; the task retries (sent ones are not repeated)."""
+
+
+# -- validation ----------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _validate_limits(values: dict[str, Any]) -> None:
+    errors: dict[str, str] = {}
+    budget = values.get("budget_usd")
+    if budget is not None:
+        try:
+            budget = Decimal(str(budget))
+        except ArithmeticError:
+            errors["budget_usd"] = "must be a decimal amount in USD"
+        else:
+            if budget < 0 or budget.as_tuple().exponent < -4 or budget >= Decimal("1e10"):
+                errors["budget_usd"] = "must be >= 0, below 10^10, with at most 4 decimals"
+            values["budget_usd"] = budget
+    period = values.get("budget_period")
+    if period is not None and period not in BudgetPeriod.values:
+        errors["budget_period"] = f"must be one of {', '.join(BudgetPeriod.values)}"
+    for name in ("rpm_limit", "tpm_limit", "max_concurrency"):
+        value = values.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            errors[name] = "must be a whole number >= 0 (or empty for unlimited)"
+    if errors:
+        raise ValidationError(errors)
+
+
+def _validate_timezone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError({"timezone": f"unknown time zone {name!r}"}) from exc
+
+
+def _validate_thresholds(values: Any) -> list[int]:
+    if not isinstance(values, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1000 for v in values
+    ):
+        raise ValidationError({"alert_thresholds": "must be a list of percents in 1..1000"})
+    return sorted(set(values))
+
+
+def _audit(*, tenant: Tenant | None, actor: str, action: str, target: str, details: dict) -> None:
+    AuditEvent.objects.create(
+        tenant=tenant,
+        actor=actor[:200],
+        action=action,
+        target=target[:200],
+        details={k: _json_safe(v) for k, v in details.items()},
+    )
+
+
+def _apply(obj: Tenant | ApiKey, changes: dict[str, Any]) -> dict[str, list[Any]]:
+    """Set the fields that really change; returns {field: [old, new]} for the audit."""
+    diff: dict[str, list[Any]] = {}
+    for name, value in changes.items():
+        if value is UNSET:
+            continue
+        old = getattr(obj, name)
+        if old != value:
+            diff[name] = [_json_safe(old), _json_safe(value)]
+            setattr(obj, name, value)
+    return diff
+
+
+def _notify_on_commit() -> None:
+    transaction.on_commit(config_changed_notify)
+
+
+# -- tenants -------------------------------------------------------------------------------
+@transaction.atomic
+def tenant_create(
+    *,
+    slug: str,
+    name: str = "",
+    actor: str = "",
+    timezone_name: str = "UTC",
+    budget_usd: Decimal | None = None,
+    budget_period: str = BudgetPeriod.MONTHLY,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    max_concurrency: int | None = None,
+    alert_thresholds: list[int] | None = None,
+    alert_webhook_url: str = "",
+    alert_email: str = "",
+) -> Tenant:
+    limits = {
+        "budget_usd": budget_usd,
+        "budget_period": budget_period,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "max_concurrency": max_concurrency,
+    }
+    _validate_limits(limits)
+    _validate_timezone(timezone_name)
+    if Tenant.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": f"a tenant with slug {slug!r} already exists"})
+    tenant = Tenant(
+        slug=slug,
+        name=name or slug,
+        timezone=timezone_name,
+        alert_webhook_url=alert_webhook_url,
+        alert_email=alert_email,
+        **limits,
+    )
+    if alert_thresholds is not None:
+        tenant.alert_thresholds = _validate_thresholds(alert_thresholds)
+    tenant.full_clean()
+    tenant.save()
+    _audit(
+        tenant=tenant,
+        actor=actor,
+        action="tenant.create",
+        target=tenant.slug,
+        details={**limits, "timezone": timezone_name},
+    )
+    _notify_on_commit()
+    logger.info("tenants.tenant_created", extra={"tenant_id": tenant.id, "actor": actor})
+    return tenant
+
+
+@transaction.atomic
+def tenant_update_limits(
+    *,
+    tenant: Tenant,
+    actor: str = "",
+    budget_usd: Decimal | None = UNSET,
+    budget_period: str = UNSET,
+    rpm_limit: int | None = UNSET,
+    tpm_limit: int | None = UNSET,
+    max_concurrency: int | None = UNSET,
+    timezone_name: str = UNSET,
+    alert_thresholds: list[int] = UNSET,
+    alert_webhook_url: str = UNSET,
+    alert_email: str = UNSET,
+    is_active: bool = UNSET,
+) -> Tenant:
+    """Change a tenant's limits, budget, time zone, alert settings or activity."""
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    limits = {
+        "budget_usd": budget_usd,
+        "budget_period": budget_period,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "max_concurrency": max_concurrency,
+    }
+    _validate_limits({k: v for k, v in limits.items() if v is not UNSET})
+    if budget_usd is not UNSET and budget_usd is not None:
+        limits["budget_usd"] = Decimal(str(budget_usd))
+    other: dict[str, Any] = {
+        "alert_webhook_url": alert_webhook_url,
+        "alert_email": alert_email,
+        "is_active": is_active,
+    }
+    if timezone_name is not UNSET:
+        _validate_timezone(timezone_name)
+        other["timezone"] = timezone_name
+    if alert_thresholds is not UNSET:
+        other["alert_thresholds"] = _validate_thresholds(alert_thresholds)
+    diff = _apply(tenant, {**limits, **other})
+    if not diff:
+        return tenant
+    tenant.full_clean()
+    tenant.save()
+    _audit(tenant=tenant, actor=actor, action="tenant.update", target=tenant.slug, details=diff)
+    _notify_on_commit()
+    return tenant
+
+
+# -- API keys ------------------------------------------------------------------------------
+def _clean_models(models: Iterable[str] | None) -> list[str]:
+    names = sorted({m.strip() for m in models or () if m and m.strip()})
+    if any(len(n) > 200 for n in names):
+        raise ValidationError({"allowed_models": "model names are at most 200 characters"})
+    return names
+
+
+def _validate_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None and timezone.is_naive(expires_at):
+        raise ValidationError({"expires_at": "must include a time zone (e.g. ...Z or +02:00)"})
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    tenant: Tenant,
+    actor: str = "",
+    name: str = "",
+    budget_usd: Decimal | None = None,
+    budget_period: str = BudgetPeriod.MONTHLY,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    max_concurrency: int | None = None,
+    allowed_models: Iterable[str] | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Issue a key. Returns the row and the raw key: the only time the raw key exists outside
+    the caller's hands; only its SHA-256 is stored."""
+    limits = {
+        "budget_usd": budget_usd,
+        "budget_period": budget_period,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "max_concurrency": max_concurrency,
+    }
+    _validate_limits(limits)
+    _validate_expiry(expires_at)
+    raw = api_key_generate()
+    key = ApiKey(
+        tenant=tenant,
+        name=name,
+        prefix=api_key_display_prefix(raw),
+        key_hash=api_key_hash(raw),
+        allowed_models=_clean_models(allowed_models),
+        expires_at=expires_at,
+        **limits,
+    )
+    key.full_clean(exclude=["key_hash"])
+    key.save()
+    _audit(
+        tenant=tenant,
+        actor=actor,
+        action="api_key.create",
+        target=key.prefix,
+        details={
+            **limits,
+            "name": name,
+            "allowed_models": key.allowed_models,
+            "expires_at": expires_at,
+        },
+    )
+    _notify_on_commit()
+    logger.info(
+        "tenants.api_key_created",
+        extra={"tenant_id": tenant.id, "api_key_id": key.id, "prefix": key.prefix},
+    )
+    return key, raw
+
+
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, actor: str = "") -> ApiKey:
+    """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
+    key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+    if key.revoked_at is not None:
+        return key
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at", "updated_at"])
+    _audit(
+        tenant=key.tenant,
+        actor=actor,
+        action="api_key.revoke",
+        target=key.prefix,
+        details={"api_key_id": key.id},
+    )
+    _notify_on_commit()
+    logger.info("tenants.api_key_revoked", extra={"api_key_id": key.id, "prefix": key.prefix})
+    return key
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, actor: str = "") -> tuple[ApiKey, str]:
+    """Issue a replacement with the same name, limits, models and expiry, and revoke the old
+    key. Returns the new row and its raw key."""
+    old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+    if old.revoked_at is not None:
+        raise ValidationError("a revoked key cannot be rotated")
+    new, raw = api_key_create(
+        tenant=old.tenant,
+        actor=actor,
+        name=old.name,
+        budget_usd=old.budget_usd,
+        budget_period=old.budget_period,
+        rpm_limit=old.rpm_limit,
+        tpm_limit=old.tpm_limit,
+        max_concurrency=old.max_concurrency,
+        allowed_models=old.allowed_models,
+        expires_at=old.expires_at,
+    )
+    api_key_revoke(key=old, actor=actor)
+    _audit(
+        tenant=old.tenant,
+        actor=actor,
+        action="api_key.rotate",
+        target=old.prefix,
+        details={"old_api_key_id": old.id, "new_api_key_id": new.id, "new_prefix": new.prefix},
+    )
+    return new, raw
+
+
+@transaction.atomic
+def api_key_update_limits(
+    *,
+    key: ApiKey,
+    actor: str = "",
+    name: str = UNSET,
+    budget_usd: Decimal | None = UNSET,
+    budget_period: str = UNSET,
+    rpm_limit: int | None = UNSET,
+    tpm_limit: int | None = UNSET,
+    max_concurrency: int | None = UNSET,
+    allowed_models: Iterable[str] = UNSET,
+    expires_at: datetime | None = UNSET,
+) -> ApiKey:
+    key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+    limits = {
+        "budget_usd": budget_usd,
+        "budget_period": budget_period,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "max_concurrency": max_concurrency,
+    }
+    checked = {k: v for k, v in limits.items() if v is not UNSET}
+    _validate_limits(checked)
+    limits.update(checked)
+    changes: dict[str, Any] = {**limits, "name": name}
+    if allowed_models is not UNSET:
+        changes["allowed_models"] = _clean_models(allowed_models)
+    if expires_at is not UNSET:
+        _validate_expiry(expires_at)
+        changes["expires_at"] = expires_at
+    diff = _apply(key, changes)
+    if not diff:
+        return key
+    key.full_clean(exclude=["key_hash"])
+    key.save()
+    _audit(tenant=key.tenant, actor=actor, action="api_key.update", target=key.prefix, details=diff)
+    _notify_on_commit()
+    return key
+
+
+# -- budget alerts (called by tenants.tasks, off the request path) ---------------------------
+def _alert_payload(alert: BudgetAlert, tenant: Tenant) -> dict[str, Any]:
+    return {
+        "type": "budget.threshold_crossed",
+        "tenant": tenant.slug,
+        "tenant_id": tenant.id,
+        "scope": alert.scope,
+        "scope_id": alert.scope_id,
+        "api_key_prefix": alert.api_key.prefix if alert.api_key_id else None,
+        "period": alert.period_key,
+        "threshold_percent": alert.threshold,
+        "budget_usd": format(alert.budget_usd, "f"),
+        "spend_usd": format(alert.spend_usd, "f"),
+        "created_at": alert.created_at.isoformat(),
+    }
+
+
+def _alert_deliver(alert_id: int) -> str:
+    """Send what has not been sent for one alert; returns an error text or ''."""
+    with transaction.atomic():
+        # The row lock makes concurrent runs of the task for the same alert send once.
+        alert = (
+            BudgetAlert.objects.select_for_update()
+            .select_related("tenant", "api_key")
+            .get(pk=alert_id)
+        )
+        tenant = alert.tenant
+        errors: list[str] = []
+        payload = _alert_payload(alert, tenant)
+        if tenant.alert_webhook_url and alert.webhook_sent_at is None:
+            timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+            try:
+                with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as c:
+                    response = c.post(tenant.alert_webhook_url, json=payload)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                errors.append(f"webhook: {type(exc).__name__}")
+            else:
+                alert.webhook_sent_at = timezone.now()
+        if tenant.alert_email and alert.email_sent_at is None:
+            who = f"API key {payload['api_key_prefix']}…" if alert.scope == "key" else "Tenant"
+            subject = f"[gateway] {tenant.slug}: {who} reached {alert.threshold}% of its budget"
+            body = (
+                f"{who} of tenant {tenant.slug} has spent {payload['spend_usd']} USD of its "
+                f"{payload['budget_usd']} USD budget for period {alert.period_key} "
+                f"({alert.threshold}% threshold)."
+            )
+            try:
+                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [tenant.alert_email])
+            except OSError as exc:
+                errors.append(f"email: {type(exc).__name__}")
+            else:
+                alert.email_sent_at = timezone.now()
+        alert.last_error = "; ".join(errors)[:500]
+        alert.save(update_fields=["webhook_sent_at", "email_sent_at", "last_error"])
+    return alert.last_error
+
+
+def budget_alerts_record(
+    *,
+    tenant_id: int,
+    scope: str,
+    scope_id: int,
+    period_key: str,
+    thresholds: list[int],
+    budget_usd: str,
+    spend_usd: str,
+) -> list[BudgetAlert]:
+    """Record crossed thresholds once per (scope, threshold, period) and notify. Idempotent:
+    a second call for the same crossing changes nothing and sends nothing. Raises
+    BudgetAlertDeliveryError when a notification failed (the task retries it)."""
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None or scope not in AlertScope.values:
+        return []
+    api_key_id = scope_id if scope == AlertScope.KEY else None
+    if api_key_id is not None and not ApiKey.objects.filter(pk=api_key_id, tenant=tenant).exists():
+        return []
+    alerts: list[BudgetAlert] = []
+    for threshold in sorted(set(thresholds)):
+        try:
+            alert, created = BudgetAlert.objects.get_or_create(
+                scope=scope,
+                scope_id=scope_id,
+                period_key=period_key,
+                threshold=threshold,
+                defaults={
+                    "tenant": tenant,
+                    "api_key_id": api_key_id,
+                    "budget_usd": Decimal(budget_usd),
+                    "spend_usd": Decimal(spend_usd),
+                },
+            )
+        except IntegrityError:
+            alert, created = (
+                BudgetAlert.objects.get(
+                    scope=scope, scope_id=scope_id, period_key=period_key, threshold=threshold
+                ),
+                False,
+            )
+        if created:
+            _audit(
+                tenant=tenant,
+                actor="system",
+                action="budget.alert",
+                target=f"{scope}:{scope_id}",
+                details={"threshold": threshold, "period": period_key, "spend_usd": spend_usd},
+            )
+            logger.info(
+                "tenants.budget_alert_recorded",
+                extra={"scope": scope, "scope_id": scope_id, "threshold": threshold},
+            )
+        alerts.append(alert)
+    failures = [error for error in (_alert_deliver(a.pk) for a in alerts) if error]
+    if failures:
+        raise BudgetAlertDeliveryError("; ".join(failures))
+    return alerts
