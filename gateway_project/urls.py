@@ -9,6 +9,7 @@ urlpatterns = [
     path("health/ready", health.readiness),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
     path("", inference_api.urls),
 ]
