@@ -22,13 +22,25 @@ def _catalog_changed_everywhere() -> None:
     transaction.on_commit(config_changed_notify)
 
 
+def _route_model_ids() -> dict[str, list[int]]:
+    """Route name -> model ids of its chain (usage's savings report needs the route's most
+    expensive model; usage may not import routing)."""
+    from routing.models import RouteStep
+
+    chains: dict[str, list[int]] = {}
+    for route, model_id in RouteStep.objects.values_list("route__name", "model_id"):
+        chains.setdefault(route, []).append(model_id)
+    return chains
+
+
 def connect() -> None:
     from providers.catalog import catalog_change_listener_add
     from routing.snapshot import snapshot_invalidate
     from tenants.admission import config_change_listener_add, spend_loader_set
-    from usage.selectors import spend_sum
+    from usage.selectors import route_models_loader_set, spend_sum
 
     catalog_change_listener_add(_local_invalidate)
     catalog_change_listener_add(_catalog_changed_everywhere)
     config_change_listener_add(snapshot_invalidate)
     spend_loader_set(spend_sum)
+    route_models_loader_set(_route_model_ids)

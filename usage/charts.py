@@ -48,7 +48,7 @@ def bar_chart(days: list[datetime], values: list[Decimal], *, title: str) -> Saf
             f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{day:%Y-%m-%d}: '
             f"{escape(_money(value))}</title></rect>"
         )
-        if len(days) <= 31 or i % max(1, len(days) // 15) == 0:
+        if len(days) <= 16 or i % max(1, len(days) // 15) == 0:
             parts.append(
                 f'<text x="{x + width / 2:.1f}" y="{_H - 12}" font-size="9" '
                 f'text-anchor="middle">{day:%m-%d}</text>'

@@ -6,7 +6,6 @@ from decimal import Decimal
 import pytest
 
 from providers.models import Model
-
 from tests.factories import (
     ModelFactory,
     ProviderFactory,
@@ -35,7 +34,9 @@ def usage_world(transactional_db):
     )
     route_create(name="u-chat", models=[cheap, dear])
     # The test events are dated in 2026-10: the models existed before that.
-    Model.objects.filter(pk__in=[cheap.pk, dear.pk]).update(created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    Model.objects.filter(pk__in=[cheap.pk, dear.pk]).update(
+        created_at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
     cheap.refresh_from_db()
     dear.refresh_from_db()
     acme, globex = TenantFactory(slug="acme"), TenantFactory(slug="globex")
@@ -43,8 +44,14 @@ def usage_world(transactional_db):
     key_b, _ = api_key_create_for_test(tenant=acme, name="acme-dev")
     key_g, _ = api_key_create_for_test(tenant=globex, name="globex-main")
     return {
-        "provider": provider, "cheap": cheap, "dear": dear, "acme": acme, "globex": globex,
-        "key_a": key_a, "key_b": key_b, "key_g": key_g,
+        "provider": provider,
+        "cheap": cheap,
+        "dear": dear,
+        "acme": acme,
+        "globex": globex,
+        "key_a": key_a,
+        "key_b": key_b,
+        "key_g": key_g,
     }
 
 

@@ -83,4 +83,6 @@ class PayloadMaker:
 def _with_prices(entry, price_in: Decimal, price_out: Decimal):
     import dataclasses
 
-    return dataclasses.replace(entry, input_price_per_mtok=price_in, output_price_per_mtok=price_out)
+    return dataclasses.replace(
+        entry, input_price_per_mtok=price_in, output_price_per_mtok=price_out
+    )

@@ -27,11 +27,27 @@ pytestmark = pytest.mark.live_server_process
 TOTAL = 10_000
 
 
-def _worker(redis_url: str, tmp_path: Path, name: str, *, beat: bool, extra_env: dict) -> subprocess.Popen:
+def _worker(
+    redis_url: str, tmp_path: Path, name: str, *, beat: bool, extra_env: dict
+) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-m", "celery", "-A", "gateway_project", "worker", "--loglevel", "INFO",
-        "--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "gateway_project",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
     if beat:
         cmd += ["-B", "-s", str(tmp_path / f"beat-{name}")]
@@ -45,8 +61,14 @@ def _worker(redis_url: str, tmp_path: Path, name: str, *, beat: bool, extra_env:
     }
     log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
     # Own process group: the worker and its pool children are killed together, by our PID.
-    return subprocess.Popen(cmd, cwd=root_conftest.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=root_conftest.ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -108,14 +130,22 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
         assert backlog > 0
 
         second = _worker(
-            redis_url, tmp_path, "second", beat=True,
-            extra_env={**small_batches, "GATEWAY_USAGE_DRAIN_BATCH": "500",
-                       "GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS": "1",
-                       "GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS": "2"},
+            redis_url,
+            tmp_path,
+            "second",
+            beat=True,
+            extra_env={
+                **small_batches,
+                "GATEWAY_USAGE_DRAIN_BATCH": "500",
+                "GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS": "1",
+                "GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS": "2",
+            },
         )
 
         def drained() -> bool:
-            pending = client.xpending(settings.GATEWAY_USAGE_STREAM, settings.GATEWAY_USAGE_STREAM_GROUP)
+            pending = client.xpending(
+                settings.GATEWAY_USAGE_STREAM, settings.GATEWAY_USAGE_STREAM_GROUP
+            )
             return (
                 UsageEvent.objects.count() == TOTAL
                 and client.xlen(settings.GATEWAY_USAGE_STREAM) == 0
@@ -126,9 +156,10 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
 
         def rolled_up() -> bool:
             rows = UsageRollup.objects.filter(period=RollupPeriod.DAY)
-            return sum((r.cost_usd for r in rows), Decimal(0)) == exact and sum(
-                r.requests for r in rows
-            ) == TOTAL
+            return (
+                sum((r.cost_usd for r in rows), Decimal(0)) == exact
+                and sum(r.requests for r in rows) == TOTAL
+            )
 
         _wait(rolled_up, timeout_s=120, what="beat's rollup to cover every event", interval=0.5)
     finally:

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 from django.http import StreamingHttpResponse
+from django.test import Client
 
 from tenants.models import TenantMembership
 from tests.usage.conftest import at
@@ -24,8 +24,11 @@ def reported(usage_world, maker):
     for key in ("key_a", "key_b", "key_g"):
         m = maker(usage_world[key])
         payloads[key] = [
-            m.payload(created_at=at(d, h), tokens_in=1500 + d, tokens_out=700 + h, target_index=h % 2)
-            for d in (3, 4) for h in (1, 13)
+            m.payload(
+                created_at=at(d, h), tokens_in=1500 + d, tokens_out=700 + h, target_index=h % 2
+            )
+            for d in (3, 4)
+            for h in (1, 13)
         ]
     usage_events_write(payloads=[p for ps in payloads.values() for p in ps])
     usage_rollup()
@@ -80,22 +83,34 @@ def test_every_grouping_sums_to_the_same_total(reported, superuser, group_by):
 
 def test_tenant_admin_sees_only_their_tenant(reported, usage_world, acme_admin):
     client = _client(acme_admin)
-    response = client.get("/api/reports/usage/", {"start": "2026-10-01", "end": "2026-10-31", "group_by": "key"})
+    response = client.get(
+        "/api/reports/usage/", {"start": "2026-10-01", "end": "2026-10-31", "group_by": "key"}
+    )
     assert response.status_code == 200
     assert {r["tenant_id"] for r in response.json()["results"]} == {usage_world["acme"].id}
     forbidden = client.get("/api/reports/usage/", {"tenant": usage_world["globex"].id})
     assert forbidden.status_code == 403
-    assert client.get(f"/api/reports/statements/{usage_world['globex'].id}/2026-10/").status_code == 403
+    assert (
+        client.get(f"/api/reports/statements/{usage_world['globex'].id}/2026-10/").status_code
+        == 403
+    )
     events = client.get("/api/reports/events/", {"start": "2026-10-01", "end": "2026-10-31"})
     body = b"".join(events.streaming_content).decode()
     assert str(usage_world["globex"].id) not in {row[2] for row in csv.reader(io.StringIO(body))}
-    assert client.get("/admin/usage/usageevent/dashboard/", {"tenant": usage_world["globex"].id}).status_code == 403
+    assert (
+        client.get(
+            "/admin/usage/usageevent/dashboard/", {"tenant": usage_world["globex"].id}
+        ).status_code
+        == 403
+    )
 
 
 def test_csv_report_and_event_export_stream(reported, superuser):
     client = _client(superuser)
-    response = client.get("/api/reports/usage/", {"start": "2026-10-01", "end": "2026-10-31",
-                                                   "group_by": "day", "format": "csv"})
+    response = client.get(
+        "/api/reports/usage/",
+        {"start": "2026-10-01", "end": "2026-10-31", "group_by": "day", "format": "csv"},
+    )
     assert response.status_code == 200
     assert isinstance(response, StreamingHttpResponse)
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
@@ -104,7 +119,9 @@ def test_csv_report_and_event_export_stream(reported, superuser):
     assert isinstance(export, StreamingHttpResponse)
     lines = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
     assert len(lines) == 12
-    assert sum(Decimal(r["cost_usd"]) for r in lines) == _cost([p for ps in reported.values() for p in ps])
+    assert sum(Decimal(r["cost_usd"]) for r in lines) == _cost(
+        [p for ps in reported.values() for p in ps]
+    )
 
 
 def test_statement_api_and_admin_pages_render(reported, usage_world, acme_admin):
@@ -117,7 +134,9 @@ def test_statement_api_and_admin_pages_render(reported, usage_world, acme_admin)
     page = client.get("/admin/usage/usageevent/statement/", {"tenant": acme_id, "month": "2026-10"})
     assert page.status_code == 200
     assert statement["total_usd_cents"] in page.content.decode()
-    dashboard = client.get("/admin/usage/usageevent/dashboard/", {"start": "2026-10-01", "end": "2026-10-31"})
+    dashboard = client.get(
+        "/admin/usage/usageevent/dashboard/", {"start": "2026-10-01", "end": "2026-10-31"}
+    )
     assert dashboard.status_code == 200
     html = dashboard.content.decode()
     assert "<svg" in html and "acme-prod" in html and "globex-main" not in html

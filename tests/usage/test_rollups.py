@@ -20,15 +20,26 @@ from usage.services import usage_events_write
 def _rollup_snapshot():
     return sorted(
         UsageRollup.objects.values_list(
-            "period", "bucket_start", "tenant_id", "api_key_id", "model_id",
-            "input_price_per_mtok", "requests", "errors", "tokens_in", "tokens_out", "cost_usd",
+            "period",
+            "bucket_start",
+            "tenant_id",
+            "api_key_id",
+            "model_id",
+            "input_price_per_mtok",
+            "requests",
+            "errors",
+            "tokens_in",
+            "tokens_out",
+            "cost_usd",
             "cache_savings_usd",
         )
     )
 
 
 def _total(period: str) -> Decimal:
-    return sum(UsageRollup.objects.filter(period=period).values_list("cost_usd", flat=True), Decimal(0))
+    return sum(
+        UsageRollup.objects.filter(period=period).values_list("cost_usd", flat=True), Decimal(0)
+    )
 
 
 def test_rollups_equal_the_exact_sum_of_event_costs_and_rerunning_changes_nothing(
@@ -91,12 +102,15 @@ def test_retention_deletes_old_raw_events_and_rollups_and_reconciliation_stay_ex
 ):
     m = maker(usage_world["key_a"])
     old = [m.payload(created_at=at(1, h), tokens_in=1234, tokens_out=567) for h in range(10)]
-    recent = [m.payload(created_at=at(20, h, month=11), tokens_in=10, tokens_out=5) for h in range(3)]
+    recent = [
+        m.payload(created_at=at(20, h, month=11), tokens_in=10, tokens_out=5) for h in range(3)
+    ]
     usage_events_write(payloads=old + recent)
     usage_rollup()
     before = _rollup_snapshot()
-    spend_before = spend_sum_sync(scope="tenant", scope_id=usage_world["acme"].id,
-                                  start=at(1, 0), end=at(1, 0, month=12))
+    spend_before = spend_sum_sync(
+        scope="tenant", scope_id=usage_world["acme"].id, start=at(1, 0), end=at(1, 0, month=12)
+    )
     # Watermark is now; the retention clock runs from 2026-12-01: October is past 30 days.
     result = usage_retention(now=at(1, 0, month=12) + timedelta(days=1))
     assert result.deleted == 10
@@ -107,16 +121,24 @@ def test_retention_deletes_old_raw_events_and_rollups_and_reconciliation_stay_ex
 
     usage_rollup_window(start=at(1, 0), end=at(2, 0))
     assert _rollup_snapshot() == before
-    assert spend_sum_sync(scope="tenant", scope_id=usage_world["acme"].id,
-                          start=at(1, 0), end=at(1, 0, month=12)) == spend_before
+    assert (
+        spend_sum_sync(
+            scope="tenant", scope_id=usage_world["acme"].id, start=at(1, 0), end=at(1, 0, month=12)
+        )
+        == spend_before
+    )
     call_command("reconcile_usage", "--from", "2026-10-01", "--to", "2026-12-01")
 
 
 def test_reconcile_usage_exits_non_zero_and_lists_a_difference(usage_world, maker):
     m = maker(usage_world["key_g"])
-    usage_events_write(payloads=[m.payload(created_at=at(7, h), tokens_in=500, tokens_out=50) for h in range(4)])
+    usage_events_write(
+        payloads=[m.payload(created_at=at(7, h), tokens_in=500, tokens_out=50) for h in range(4)]
+    )
     usage_rollup()
-    call_command("reconcile_usage", "--from", "2026-10-01", "--to", "2026-11-01", "--tenant", "globex")
+    call_command(
+        "reconcile_usage", "--from", "2026-10-01", "--to", "2026-11-01", "--tenant", "globex"
+    )
     row = UsageRollup.objects.filter(period=RollupPeriod.HOUR).first()
     UsageRollup.objects.filter(pk=row.pk).update(cost_usd=row.cost_usd + Decimal("0.000000000001"))
     from io import StringIO
@@ -135,7 +157,9 @@ async def test_spend_sum_is_awaitable_and_sums_one_key_or_tenant_in_a_window(usa
     m = await sync_to_async(maker)(usage_world["key_b"])
     payloads = [m.payload(created_at=at(9, h), tokens_in=2000, tokens_out=1000) for h in range(5)]
     await sync_to_async(usage_events_write)(payloads=payloads)
-    key_spend = await spend_sum(scope="key", scope_id=usage_world["key_b"].id, start=at(9, 1), end=at(9, 4))
+    key_spend = await spend_sum(
+        scope="key", scope_id=usage_world["key_b"].id, start=at(9, 1), end=at(9, 4)
+    )
     assert key_spend == sum((Decimal(p["cost_usd"]) for p in payloads[1:4]), Decimal(0))
     tenant_spend = await spend_sum(scope="tenant", scope_id=usage_world["acme"].id, start=at(9, 0))
     assert tenant_spend == sum((Decimal(p["cost_usd"]) for p in payloads), Decimal(0))

@@ -46,8 +46,9 @@ def test_a_malformed_event_is_rejected_alone_and_the_rest_of_the_batch_is_stored
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(GATEWAY_USAGE_WRITE_MODE="direct", GATEWAY_USAGE_QUEUE_MAX=8,
-                   GATEWAY_USAGE_WRITER_BATCH=50)
+@override_settings(
+    GATEWAY_USAGE_WRITE_MODE="direct", GATEWAY_USAGE_QUEUE_MAX=8, GATEWAY_USAGE_WRITER_BATCH=50
+)
 async def test_direct_mode_writer_applies_back_pressure_and_loses_no_event(usage_world, maker):
     m = await sync_to_async(maker)(usage_world["key_b"])
     payloads = [m.payload(created_at=at(2), tokens_in=i, tokens_out=1) for i in range(1500)]
@@ -62,5 +63,7 @@ async def test_direct_mode_writer_applies_back_pressure_and_loses_no_event(usage
     count = await UsageEvent.objects.filter(api_key_id=usage_world["key_b"].id).acount()
     assert count == 1500
     total = sum(Decimal(p["cost_usd"]) for p in payloads)
-    stored = [e.cost_usd async for e in UsageEvent.objects.filter(api_key_id=usage_world["key_b"].id)]
+    stored = [
+        e.cost_usd async for e in UsageEvent.objects.filter(api_key_id=usage_world["key_b"].id)
+    ]
     assert sum(stored, Decimal(0)) == total
