@@ -62,10 +62,11 @@ def chunk_from_openai(payload: bytes, obj: dict[str, Any]) -> Chunk:
 
 
 def chat_response_from_openai(body: Any, *, config: ProviderConfig) -> ChatResponse:
+    if isinstance(body, dict) and body.get("error") and not body.get("choices"):
+        # An error object in a 200 answer (some proxies and compatible servers do this).
+        raise http.error_for_status(config, _status_of(body), body=body)
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise ProviderProtocolError(f"Upstream provider '{config.name}' answered without choices")
-    if "error" in body and not body["choices"]:
-        raise http.error_for_status(config, 500, body=body)
     choice = body["choices"][0] if body["choices"] else {}
     message = choice.get("message") or {}
     usage = body.get("usage")

@@ -18,7 +18,8 @@ retry_after, retry_after_ms, reset), context_length, content_filter, reset (drop
 before answering), hang_headers (never answer), slow_headers:delay_ms=N, hang_stream:after=N,
 cut:after=N (drop the connection mid-body), no_done:after=N (end the stream cleanly without its
 end marker), malformed (broken JSON body or stream event), trickle:delay_ms=N (stream pieces
-slowly), no_usage (no usage in the answer), stream_error:after=N,type=T (an error event inside
+slowly), no_usage (no usage in the answer), error_body:code=C (a 200 whose body is an
+error object), stream_error:after=N,type=T (an error event inside
 a 200 stream).
 """
 
@@ -365,6 +366,13 @@ class FakeUpstream:
         if fault is not None and fault.kind == "malformed":
             return web.Response(
                 body=b'{"id": "broken", "choices": [', content_type="application/json"
+            )
+        if fault is not None and fault.kind == "error_body":
+            # A 200 answer whose body is an error object, as some proxies send.
+            code = fault.params.get("code") or None
+            error = {"message": "upstream proxy error", "type": "server_error", "code": code}
+            return web.Response(
+                body=orjson.dumps({"error": error}), content_type="application/json"
             )
         payload = orjson.dumps(body)
         if fault is not None and fault.kind == "cut":

@@ -160,6 +160,20 @@ async def test_embedding_faults_raise_typed_errors(fake_upstream, kind, fault, e
         )
 
 
+@pytest.mark.parametrize("kind", ["openai", "openai_compatible", "azure_openai"])
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("error_body", ProviderUnavailable),
+        ("error_body:code=rate_limit_exceeded", ProviderRateLimited),
+        ("error_body:code=context_length_exceeded", ContextTooLong),
+    ],
+)
+async def test_error_object_in_a_200_answer_is_a_typed_error(fake_upstream, kind, fault, error):
+    with pytest.raises(error):
+        await adapter(fake_upstream, kind).chat(chat(f"fault:{fault}"))
+
+
 # -- timeouts ----------------------------------------------------------------------------
 
 
