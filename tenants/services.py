@@ -408,7 +408,7 @@ def _alert_deliver(alert_id: int) -> str:
     with transaction.atomic():
         # The row lock makes concurrent runs of the task for the same alert send once.
         alert = (
-            BudgetAlert.objects.select_for_update()
+            BudgetAlert.objects.select_for_update(of=("self",))
             .select_related("tenant", "api_key")
             .get(pk=alert_id)
         )
