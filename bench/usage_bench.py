@@ -161,7 +161,8 @@ def copy_events(count: int) -> None:
         "error_type",
         "fallbacks",
     )
-    now = datetime.now(tz=UTC)
+    # Ingested an hour ago: a past rollup run has seen them (outside the rollup overlap).
+    loaded_at = datetime.now(tz=UTC) - timedelta(hours=1)
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
         with cursor.copy(f"COPY usage_usageevent ({', '.join(columns)}) FROM STDIN") as copy:
@@ -171,7 +172,7 @@ def copy_events(count: int) -> None:
                     (
                         e["request_id"],
                         e["created_at"],
-                        now,
+                        loaded_at,
                         e["tenant_id"],
                         e["api_key_id"],
                         e["route"],

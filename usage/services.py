@@ -130,15 +130,48 @@ def usage_event_build(payload: dict[str, Any]) -> UsageEvent:
     return UsageEvent(**usage_event_values(payload, ingested_at=timezone.now()))
 
 
+# Array element types for the PostgreSQL path. Text and unconstrained numbers on purpose: the
+# assignment cast into the column then raises on an over-long string or an out-of-range
+# integer instead of the silent truncation an explicit varchar(n) cast would do.
+_PG_ARRAY_TYPES = {
+    "CharField": "text",
+    "DateTimeField": "timestamptz",
+    "BigIntegerField": "bigint",
+    "PositiveIntegerField": "bigint",
+    "PositiveSmallIntegerField": "bigint",
+    "BooleanField": "boolean",
+    "DecimalField": "numeric",
+    "FloatField": "float8",
+    "ForeignKey": "bigint",
+}
+
+
+def _insert_sql_pg(table_model, columns: tuple[str, ...], returning: str) -> str:
+    fields = [table_model._meta.get_field(name) for name in columns]
+    table = connection.ops.quote_name(table_model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    arrays = ", ".join(f"%s::{_PG_ARRAY_TYPES[f.get_internal_type()]}[]" for f in fields)
+    conflict = " ON CONFLICT DO NOTHING" + (f" RETURNING {returning}" if returning else "")
+    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}"  # noqa: S608
+
+
 def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING: one round trip, and the
-    returned ids are exactly the events this call created (PostgreSQL and SQLite >= 3.35)."""
-    fields = [UsageEvent._meta.get_field(name) for name in _COLUMNS]
-    table = connection.ops.quote_name(UsageEvent._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the returned ids are exactly the events
+    this call created. PostgreSQL gets one column array per field (a short, cacheable
+    statement whatever the batch size); other databases a multi-row VALUES."""
     created: dict[str, int] = {}
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            sql = _insert_sql_pg(UsageEvent, _COLUMNS, "id, request_id")
+            for start in range(0, len(rows), _WRITE_CHUNK * 4):
+                chunk = rows[start : start + _WRITE_CHUNK * 4]
+                cursor.execute(sql, [[row[name] for row in chunk] for name in _COLUMNS])
+                created.update({request_id: pk for pk, request_id in cursor.fetchall()})
+            return created
+        fields = [UsageEvent._meta.get_field(name) for name in _COLUMNS]
+        table = connection.ops.quote_name(UsageEvent._meta.db_table)
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
         for start in range(0, len(rows), _WRITE_CHUNK):
             chunk = rows[start : start + _WRITE_CHUNK]
             params: list[Any] = []
@@ -154,22 +187,50 @@ def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int]:
     return created
 
 
+_ATTEMPT_COLUMNS = (
+    "event",
+    "position",
+    "model_id",
+    "provider_id",
+    "status_code",
+    "error_type",
+    "latency_ms",
+)
+
+
 def _attempts_for(created: dict[str, int], by_request: dict[str, dict[str, Any]]) -> list:
     attempts = []
     for request_id, event_id in created.items():
         for position, attempt in enumerate(by_request[request_id].get("attempts") or ()):
             attempts.append(
-                UsageAttempt(
-                    event_id=event_id,
-                    position=position,
-                    model_id=attempt.get("model_id"),
-                    provider_id=attempt.get("provider_id"),
-                    status_code=int(attempt.get("status_code") or 0),
-                    error_type=str(attempt.get("error_type") or "")[:64],
-                    latency_ms=float(attempt.get("latency_ms") or 0.0),
+                (
+                    event_id,
+                    position,
+                    attempt.get("model_id"),
+                    attempt.get("provider_id"),
+                    int(attempt.get("status_code") or 0),
+                    str(attempt.get("error_type") or "")[:64],
+                    float(attempt.get("latency_ms") or 0.0),
                 )
             )
     return attempts
+
+
+def _insert_attempts(attempts: list[tuple]) -> None:
+    if not attempts:
+        return
+    if connection.vendor == "postgresql":
+        sql = _insert_sql_pg(UsageAttempt, _ATTEMPT_COLUMNS, "")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [list(column) for column in zip(*attempts, strict=True)])
+        return
+    UsageAttempt.objects.bulk_create(
+        [
+            UsageAttempt(**dict(zip(("event_id", *_ATTEMPT_COLUMNS[1:]), row, strict=True)))
+            for row in attempts
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def usage_events_write(*, payloads: list[dict[str, Any]]) -> int:
@@ -190,9 +251,7 @@ def usage_events_write(*, payloads: list[dict[str, Any]]) -> int:
         rows.append(values)
     with transaction.atomic():
         created = _insert_rows(rows)
-        attempts = _attempts_for(created, by_request)
-        if attempts:
-            UsageAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+        _insert_attempts(_attempts_for(created, by_request))
     if created:
         logger.info("usage.events_written", extra={"count": len(created)})
     return len(created)

@@ -16,6 +16,19 @@ from tests.factories import (
 from tests.usage.helpers import PayloadMaker
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_database_pools(django_db_setup, django_db_blocker):
+    """The direct-mode writer thread returns its connection to psycopg's pool, which keeps it
+    open; close the pools before pytest-django drops the test database."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()
+
+
 @pytest.fixture
 def usage_world(transactional_db):
     """Two tenants, two keys for the first, a route over a cheap and an expensive model."""

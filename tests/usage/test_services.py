@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import override_settings
 
 from tests.usage.conftest import at
@@ -67,3 +68,5 @@ async def test_direct_mode_writer_applies_back_pressure_and_loses_no_event(usage
         e.cost_usd async for e in UsageEvent.objects.filter(api_key_id=usage_world["key_b"].id)
     ]
     assert sum(stored, Decimal(0)) == total
+    # The async ORM ran in asgiref's thread: close its connection before the DB is dropped.
+    await sync_to_async(connections.close_all)()

@@ -67,7 +67,7 @@ class Command(BaseCommand):
                         f"  DIFFERENCE {name}: requests={totals.requests} "
                         f"tokens_in={totals.tokens_in} tokens_out={totals.tokens_out} "
                         f"cost_usd={totals.cost_usd} (events: cost_usd={reference.cost_usd}, "
-                        f"delta={totals.cost_usd - reference.cost_usd})"
+                        f"delta={format(totals.cost_usd - reference.cost_usd, 'f')})"
                     )
         if differences:
             raise CommandError(f"{differences} difference(s) found")
