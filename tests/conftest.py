@@ -127,3 +127,27 @@ def redis_url() -> str:
     if not settings.REDIS_URL:
         pytest.skip("REDIS_URL is not set")
     return settings.REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _process_state_fresh() -> Iterator[None]:
+    """Each test starts with this process's caches empty and its own Redis index flushed, so
+    no test sees another's snapshot, key policies, counters or usage stream entries."""
+    from routing.snapshot import snapshot_invalidate
+    from tenants.selectors import policy_cache_clear
+    from tenants.state import state_store_set
+
+    if settings.REDIS_URL:
+        import redis as redis_sync
+
+        client = redis_sync.Redis.from_url(settings.REDIS_URL)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+    snapshot_invalidate()
+    policy_cache_clear()
+    state_store_set(None)
+    yield
+    snapshot_invalidate()
+    policy_cache_clear()
