@@ -13,10 +13,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
+from providers.services import model_upsert, provider_create, provider_update
 from routing.models import Route, RouteStep, Strategy
 
 _TIMEOUT_FIELDS = {
@@ -85,6 +87,12 @@ def _price(value: Any, where: str) -> Decimal:
     return price
 
 
+def _messages(exc: ValidationError) -> str:
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
 def _require(entry: dict[str, Any], name: str, where: str) -> Any:
     if name not in entry or entry[name] in (None, ""):
         raise CatalogFileError(f"{where}: '{name}' is required")
@@ -149,9 +157,15 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
     for i, entry in enumerate(data.get("providers", [])):
         where = f"providers[{i}]"
         name = _require(entry, "name", where)
-        provider, created = Provider.objects.update_or_create(
-            name=name, defaults=_provider_values(entry, f"{where} ({name})")
-        )
+        values = _provider_values(entry, f"{where} ({name})")
+        existing = Provider.objects.filter(name=name).first()
+        try:
+            if existing is None:
+                provider, created = provider_create(name=name, **values), True
+            else:
+                provider, created = provider_update(provider=existing, fields=values), False
+        except ValidationError as exc:
+            raise CatalogFileError(f"{where} ({name}): {_messages(exc)}") from exc
         providers[name] = provider
         result.created["providers"] += created
         result.updated["providers"] += not created
@@ -160,9 +174,13 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
     for i, entry in enumerate(data.get("models", [])):
         where = f"models[{i}]"
         name = _require(entry, "name", where)
-        model, created = Model.objects.update_or_create(
-            name=name, defaults=_model_values(entry, f"{where} ({name})", providers)
-        )
+        values = _model_values(entry, f"{where} ({name})", providers)
+        try:
+            # Through the catalog service: a price change becomes a dated price row, so
+            # requests already made keep the price they were charged.
+            model, created = model_upsert(name=name, **values)
+        except ValidationError as exc:
+            raise CatalogFileError(f"{where} ({name}): {_messages(exc)}") from exc
         models[name] = model
         result.created["models"] += created
         result.updated["models"] += not created

@@ -102,6 +102,7 @@ class InferenceCall:
         self._finished = False
         # The usage the single usage event carries, once finish() ran (streams end with it).
         self.settled_usage: Usage | None = None
+        self.unit_prices: tuple[Decimal, Decimal] | None = None
         self._messages: list[dict[str, Any]] = []
         self._streamed_text: list[str] = []
 
@@ -115,8 +116,8 @@ class InferenceCall:
             request_id=self.request_id,
             estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
             max_output_tokens=max_out,
-            input_price_per_mtok=max(t.model.input_price_per_mtok for t in targets),
-            output_price_per_mtok=max(t.model.output_price_per_mtok for t in targets),
+            input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
+            output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
         )
 
     @property
@@ -312,11 +313,13 @@ class InferenceCall:
         usage = self.settled_usage = self._final_usage()
         target = self.served
         if target is not None:
+            # The price in force when the request arrived, even if it changed since.
+            self.unit_prices = target.model.price_at(self.created_at)
             self.cost = cost_usd(
                 tokens_in=usage.prompt_tokens,
                 tokens_out=usage.completion_tokens,
-                input_price_per_mtok=target.model.input_price_per_mtok,
-                output_price_per_mtok=target.model.output_price_per_mtok,
+                input_price_per_mtok=self.unit_prices[0],
+                output_price_per_mtok=self.unit_prices[1],
             )
         payload = usage_event_payload(
             call=self, usage=usage, status_code=status_code, outcome=outcome, error_type=error_type
@@ -396,8 +399,8 @@ def usage_event_payload(
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
         "usage_estimated": usage.estimated,
-        "input_price_per_mtok": str(target.model.input_price_per_mtok) if target else "0",
-        "output_price_per_mtok": str(target.model.output_price_per_mtok) if target else "0",
+        "input_price_per_mtok": str(call.unit_prices[0]) if call and call.unit_prices else "0",
+        "output_price_per_mtok": str(call.unit_prices[1]) if call and call.unit_prices else "0",
         "cost_usd": format(call.cost, "f") if call is not None else "0",
         "latency_ms": round((time.perf_counter() - (started or time.perf_counter())) * 1000, 3),
         "ttft_ms": call.ttft_ms if call is not None else None,

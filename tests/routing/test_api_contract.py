@@ -191,3 +191,39 @@ def test_metrics_and_openapi_docs_are_served(client, catalog):
     schema = client.get("/v1/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"]
     assert client.get("/v1/docs").status_code == 200
+
+
+async def test_each_request_is_charged_the_price_in_force_when_it_arrived(catalog):
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from asgiref.sync import sync_to_async
+
+    from providers.models import Model
+    from providers.prices import model_price_set
+    from routing.snapshot import snapshot_invalidate
+
+    model = await Model.objects.aget(name="contract-small")
+    # A price change scheduled for later does not touch today's requests...
+    await sync_to_async(model_price_set)(
+        model=model, input_price_per_mtok="100", output_price_per_mtok="200",
+        effective_from=timezone.now() + timedelta(hours=1),
+    )
+    snapshot_invalidate()
+    client = AsyncClient()
+    before = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
+                               headers=_auth(catalog["raw"]))
+    # ...and one in force now applies to the next request.
+    await sync_to_async(model_price_set)(
+        model=model, input_price_per_mtok="3", output_price_per_mtok="5",
+        effective_from=timezone.now(),
+    )
+    snapshot_invalidate()
+    after = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
+                              headers=_auth(catalog["raw"]))
+    await usage_events_settled(2)
+    first = await UsageEvent.objects.aget(request_id=before["x-request-id"])
+    second = await UsageEvent.objects.aget(request_id=after["x-request-id"])
+    assert (first.input_price_per_mtok, first.output_price_per_mtok) == (Decimal("1"), Decimal("2"))
+    assert (second.input_price_per_mtok, second.output_price_per_mtok) == (Decimal("3"), Decimal("5"))
+    assert second.cost_usd == (Decimal(second.tokens_in) * 3 + Decimal(second.tokens_out) * 5) / Decimal(10**6)
