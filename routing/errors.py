@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 from django.http import HttpResponse
 
-from providers.types import ProviderError, ProviderRateLimited
+from providers.types import ProviderError
 from tenants.admission import AdmissionDenied
 
 
@@ -41,8 +43,10 @@ class GatewayError(Exception):
 
 def gateway_error_from_provider(exc: ProviderError) -> GatewayError:
     headers: dict[str, str] = {}
-    if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
+    # Rate limits keep the upstream's pause; an open circuit says when its probe is due.
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         headers["x-should-retry"] = "true"
     return GatewayError(
         status=exc.status,

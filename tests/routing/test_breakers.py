@@ -157,6 +157,8 @@ async def test_every_deployment_open_answers_503_at_once(chain):
     assert response.status_code == 503
     body = orjson.loads(response.content)
     assert body["error"]["code"] == "upstream_circuit_open"
+    # The client is told when the breaker's probe is due.
+    assert int(response["Retry-After"]) >= 1
     assert fake.requests == []
     events = await usage_events_wait(3)
     assert [(e.outcome, e.status_code) for e in events] == [
