@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis
 from django.conf import settings
 
-from tests import conftest as root_conftest
+from tests.celery_workers import celery_worker_start, process_stop, wait_until
 from tests.usage.conftest import at
 from usage.models import RollupPeriod, UsageAttempt, UsageEvent, UsageRollup
 from usage.stream import usage_payload_encode
@@ -25,69 +21,6 @@ from usage.stream import usage_payload_encode
 pytestmark = pytest.mark.live_server_process
 
 TOTAL = 10_000
-
-
-def _worker(
-    redis_url: str, tmp_path: Path, name: str, *, beat: bool, extra_env: dict
-) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "gateway_project",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "-n",
-        f"{name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    if beat:
-        cmd += ["-B", "-s", str(tmp_path / f"beat-{name}")]
-    env = {
-        **os.environ,
-        "DATABASE_URL": root_conftest.test_database_url(),
-        "REDIS_URL": redis_url,
-        "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
-        "PYTHONUNBUFFERED": "1",
-        **extra_env,
-    }
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-    # Own process group: the worker and its pool children are killed together, by our PID.
-    return subprocess.Popen(
-        cmd,
-        cwd=root_conftest.ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def _wait(condition, *, timeout_s: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
@@ -117,11 +50,13 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
     assert client.xlen(settings.GATEWAY_USAGE_STREAM) == TOTAL
 
     small_batches = {"GATEWAY_USAGE_DRAIN_BATCH": "25", "GATEWAY_USAGE_CLAIM_MIN_IDLE_MS": "1500"}
-    first = _worker(redis_url, tmp_path, "first", beat=False, extra_env=small_batches)
+    first = celery_worker_start(redis_url, tmp_path, "first", beat=False, extra_env=small_batches)
     second = None
     try:
         app.send_task("usage.tasks.usage_stream_drain")
-        _wait(lambda: UsageEvent.objects.count() >= 500, timeout_s=90, what="first drain to start")
+        wait_until(
+            lambda: UsageEvent.objects.count() >= 500, timeout_s=90, what="first drain to start"
+        )
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         stored_at_kill = UsageEvent.objects.count()
@@ -129,7 +64,7 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
         backlog = client.xlen(settings.GATEWAY_USAGE_STREAM)
         assert backlog > 0
 
-        second = _worker(
+        second = celery_worker_start(
             redis_url,
             tmp_path,
             "second",
@@ -152,7 +87,9 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
                 and pending["pending"] == 0
             )
 
-        _wait(drained, timeout_s=180, what="the second worker to drain everything", interval=0.2)
+        wait_until(
+            drained, timeout_s=180, what="the second worker to drain everything", interval=0.2
+        )
 
         def rolled_up() -> bool:
             rows = UsageRollup.objects.filter(period=RollupPeriod.DAY)
@@ -161,11 +98,13 @@ def test_ten_thousand_stream_events_survive_a_sigkilled_worker_exactly_once(
                 and sum(r.requests for r in rows) == TOTAL
             )
 
-        _wait(rolled_up, timeout_s=120, what="beat's rollup to cover every event", interval=0.5)
+        wait_until(
+            rolled_up, timeout_s=120, what="beat's rollup to cover every event", interval=0.5
+        )
     finally:
-        _stop(first, signal.SIGKILL)
+        process_stop(first, signal.SIGKILL)
         if second is not None:
-            _stop(second)
+            process_stop(second)
 
     assert UsageEvent.objects.values("request_id").distinct().count() == TOTAL
     assert UsageAttempt.objects.count() == TOTAL
