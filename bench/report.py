@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_top import parse, report  # noqa: E402
 
 GATEWAY, DIRECT, LITELLM = "gateway", "direct", "litellm-w2"
+NOTES_MARKER = "<!-- notes: kept across runs of bench/report.py -->"
 TARGETS = (
     ("added latency p50, JSON, c=1", "<= 0.5 ms"),
     ("added TTFB p50, stream, c=1", "<= 1 ms"),
@@ -214,7 +215,13 @@ def main() -> None:
         ]
         for path, title in present:
             out.append(report(parse(path), 15, title))
-    args.output.write_text("\n".join(out).rstrip() + "\n")
+    # Hand-written analysis below the marker survives a re-run.
+    notes = ""
+    if args.output.exists():
+        previous = args.output.read_text()
+        if NOTES_MARKER in previous:
+            notes = previous[previous.index(NOTES_MARKER) :]
+    args.output.write_text("\n".join(out).rstrip() + "\n\n" + (notes or NOTES_MARKER + "\n"))
 
 
 if __name__ == "__main__":

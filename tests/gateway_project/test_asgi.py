@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from gateway_project.asgi import application, inference_http
+from gateway_project.asgi import application, inference_http, path_matcher
 from providers.adapters.base import ProviderConfig, adapters_close
 from providers.http import http_session
 from providers.models import ProviderKind
@@ -313,3 +313,15 @@ def test_lifespan_shutdown_closes_the_pooled_upstream_sessions():
     (closed, messages), _loop = run(scenario)
     assert messages == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert closed
+
+
+def test_inference_paths_are_matched_by_subtree_or_exactly():
+    matches = path_matcher(("/v1/", "/api/v1/generate"))
+    assert matches("/v1/chat/completions")
+    assert matches("/v1/models")
+    assert matches("/api/v1/generate")
+    assert matches("/api/v1/generate/")
+    assert not matches("/api/v1/generate-report")
+    assert not matches("/v1")
+    assert not matches("/admin/")
+    assert not matches("/metrics")
