@@ -8,6 +8,7 @@ to PostgreSQL and Redis with no code change.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -44,8 +45,12 @@ CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
 
+# daphne's app exists to make `manage.py runserver` serve ASGI (development); importing it
+# installs twisted's asyncio reactor, ~16 MB per process that uvicorn workers and Celery
+# never use, so it is only installed for runserver.
+_RUNSERVER = sys.argv[1:2] == ["runserver"]
 INSTALLED_APPS = [
-    "daphne",
+    *(["daphne"] if _RUNSERVER else []),
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
