@@ -41,12 +41,6 @@ from tenants.selectors import api_key_policy_get
 
 logger = logging.getLogger("gateway.api")
 
-_CHAT_FIELDS = frozenset(
-    {
-        "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-        "temperature", "top_p", "stop", "tools", "tool_choice", "user",
-    }
-)
 
 
 class OrjsonParser(Parser):
@@ -181,12 +175,21 @@ async def resolve_route(request: HttpRequest, policy: KeyPolicy, model: str) -> 
     return route
 
 
-def chat_request_from(payload: ChatCompletionIn) -> ChatRequest:
-    data = payload.model_dump(exclude_none=True)
-    extra = {k: v for k, v in data.items() if k not in _CHAT_FIELDS}
+def chat_request_from(
+    payload: ChatCompletionIn, *, raw_messages: list[dict] | None = None
+) -> ChatRequest:
+    """The normalized request. `raw_messages` are the validated body's messages as the client
+    sent them (forwarded as they are, unknown fields included); without them the validated
+    models are dumped."""
+    extra = {k: v for k, v in (payload.model_extra or {}).items() if v is not None}
+    if payload.n is not None:
+        extra["n"] = payload.n
+    chat_messages = raw_messages
+    if chat_messages is None:
+        chat_messages = [m.model_dump(exclude_none=True) for m in payload.messages]
     return ChatRequest(
         model=payload.model,
-        messages=[m for m in data["messages"]],
+        messages=chat_messages,
         stream=payload.stream,
         max_tokens=payload.max_completion_tokens or payload.max_tokens,
         temperature=payload.temperature,
@@ -198,6 +201,16 @@ def chat_request_from(payload: ChatCompletionIn) -> ChatRequest:
         user=payload.user,
         extra=extra,
     )
+
+
+def _raw_messages(request: HttpRequest) -> list[dict] | None:
+    """The body's messages as sent, once validation has passed (a second parse of the body
+    is cheaper than dumping the validated models)."""
+    try:
+        messages = orjson.loads(request.body).get("messages")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return messages if isinstance(messages, list) else None
 
 
 def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:
@@ -219,7 +232,7 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
     try:
         policy = await authenticate(request)
         route = await resolve_route(request, policy, payload.model)
-        chat = chat_request_from(payload)
+        chat = chat_request_from(payload, raw_messages=_raw_messages(request))
         call = InferenceCall(
             request_id=_request_id(request), policy=policy, route=route, stream=chat.stream
         )

@@ -264,7 +264,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 param=param,
             ) from None
         route = await resolve_route(holder, policy, payload.model)  # type: ignore[arg-type]
-        chat = chat_request_from(payload)
+        chat = chat_request_from(payload, raw_messages=body.get("messages"))
         chat.stream = True
         chat.include_usage = True
         call = InferenceCall(

@@ -29,6 +29,28 @@ TTFT = Histogram(
 FALLBACKS = Counter("gateway_fallbacks_total", "Fallbacks taken, by route", ["route"])
 
 
+# Labelled children, cached: prometheus_client's .labels() validates and locks on every call.
+_children: dict[tuple, tuple] = {}
+
+
+def _children_for(endpoint: str, route: str, model: str, outcome: str, status: int) -> tuple:
+    key = (endpoint, route, model, outcome, status)
+    children = _children.get(key)
+    if children is None:
+        if len(_children) > 10_000:
+            _children.clear()
+        children = _children[key] = (
+            REQUESTS.labels(endpoint, route, model, outcome, str(status)),
+            LATENCY.labels(endpoint),
+            TOKENS.labels(route, model, "in"),
+            TOKENS.labels(route, model, "out"),
+            COST.labels(route, model),
+            TTFT.labels(model),
+            FALLBACKS.labels(route),
+        )
+    return children
+
+
 def request_observe(
     *,
     endpoint: str,
@@ -43,16 +65,19 @@ def request_observe(
     ttft_s: float | None,
     fallbacks: int,
 ) -> None:
-    REQUESTS.labels(endpoint, route, model, outcome, str(status)).inc()
-    LATENCY.labels(endpoint).observe(latency_s)
+    requests, latency, tokens_in_c, tokens_out_c, cost, ttft, fallbacks_c = _children_for(
+        endpoint, route, model, outcome, status
+    )
+    requests.inc()
+    latency.observe(latency_s)
     if tokens_in:
-        TOKENS.labels(route, model, "in").inc(tokens_in)
+        tokens_in_c.inc(tokens_in)
     if tokens_out:
-        TOKENS.labels(route, model, "out").inc(tokens_out)
+        tokens_out_c.inc(tokens_out)
     if cost_usd:
         # Prometheus counters are floats: fine for dashboards; money of record is in Postgres.
-        COST.labels(route, model).inc(cost_usd)
+        cost.inc(cost_usd)
     if ttft_s is not None:
-        TTFT.labels(model).observe(ttft_s)
+        ttft.observe(ttft_s)
     if fallbacks:
-        FALLBACKS.labels(route).inc(fallbacks)
+        fallbacks_c.inc(fallbacks)

@@ -184,7 +184,13 @@ def _scope_limits(
     )
 
 
-def _scopes_for(
+# key id -> (policy, store, valid from, valid until (epoch s), scopes, periods). The scopes of a
+# key only change with its policy (a new object after every reload) or when a period rolls over.
+_scopes_cache: dict[int, tuple[KeyPolicy, StateStore, float, float, tuple, tuple]] = {}
+_SCOPES_CACHE_MAX = 100_000
+
+
+def _scopes_build(
     store: StateStore, policy: KeyPolicy, now: datetime
 ) -> tuple[tuple[ScopeLimits, ...], tuple[PeriodBounds, ...]]:
     key_bounds = budget_period_bounds(
@@ -214,6 +220,34 @@ def _scopes_for(
         ),
     )
     return scopes, (key_bounds, tenant_bounds)
+
+
+def _scopes_for(
+    store: StateStore, policy: KeyPolicy, now: datetime
+) -> tuple[tuple[ScopeLimits, ...], tuple[PeriodBounds, ...]]:
+    at = now.timestamp()
+    cached = _scopes_cache.get(policy.key_id)
+    if (
+        cached is not None
+        and cached[0] is policy
+        and cached[1] is store
+        and cached[2] <= at < cached[3]
+    ):
+        return cached[4], cached[5]
+    scopes, periods = _scopes_build(store, policy, now)
+    valid_from = max(p.start for p in periods).timestamp()
+    ends = [p.end.timestamp() for p in periods if p.end is not None]
+    if len(_scopes_cache) >= _SCOPES_CACHE_MAX:
+        _scopes_cache.clear()
+    _scopes_cache[policy.key_id] = (
+        policy,
+        store,
+        valid_from,
+        min(ends) if ends else float("inf"),
+        scopes,
+        periods,
+    )
+    return scopes, periods
 
 
 async def _seed(

@@ -84,9 +84,13 @@ def adapter_for(config: ProviderConfig) -> ProviderAdapter:
     """The process-wide adapter (and so connection pool) of one provider; rebuilt when the
     provider's configuration changes."""
     adapter = _instances.get(config.id)
+    if adapter is not None and adapter.config is config:
+        return adapter  # the snapshot hands out the same config object until it reloads
     if adapter is None or adapter.config != config:
         adapter = adapter_class_for(config.kind)(config)
         _instances[config.id] = adapter
+    else:
+        adapter.config = config  # an equal config from a reloaded snapshot
     return adapter
 
 

@@ -36,6 +36,7 @@ from tenants.state.base import (
     SpendChange,
     StateStore,
 )
+from tenants.state.resp import RespClient, RespNoScript, bulk, bulk_int, command
 
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
 
@@ -68,6 +69,14 @@ def _limits_argv(scope: ScopeLimits) -> list[int]:
     ]
 
 
+def _scope_fragment(scope: ScopeLimits) -> bytes:
+    return b"".join(bulk(name.encode()) for name in scope.keys.as_list())
+
+
+def _limits_fragment(scope: ScopeLimits) -> bytes:
+    return b"".join(bulk_int(value) for value in _limits_argv(scope))
+
+
 def _rate(limit: int, remaining: int, reset_ms: int) -> RateInfo | None:
     return None if limit < 0 else RateInfo(limit=limit, remaining=remaining, reset_ms=reset_ms)
 
@@ -93,6 +102,14 @@ class RedisStateStore(StateStore):
         )
         self._sync_client: redis.Redis | None = None
         self._sync_lock = threading.Lock()
+        # The hot path's pipelined client (one connection per loop) and the RESP encoding of
+        # each scope's key names, which repeat on every request of that key and period.
+        self._resp: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RespClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._fragments: dict[ScopeKeys, bytes] = {}
+        self._version_fragment = bulk(self.version_key.encode())
+        self._stream_fragment = bulk(self.stream.encode())
 
     # -- connections ---------------------------------------------------------------------
     def client(self) -> aioredis.Redis:
@@ -123,8 +140,43 @@ class RedisStateStore(StateStore):
             await client.script_load(script.source)
             return await client.evalsha(script.sha, len(keys), *keys, *args)
 
+    def resp(self) -> RespClient:
+        loop = asyncio.get_running_loop()
+        client = self._resp.get(loop)
+        if client is None:
+            client = self._resp[loop] = RespClient(self.url)
+        return client
+
+    def _keys_fragment(self, scope: ScopeLimits) -> bytes:
+        fragment = self._fragments.get(scope.keys)
+        if fragment is None:
+            if len(self._fragments) >= 50_000:
+                self._fragments.clear()  # periods roll over; old names are never used again
+            fragment = self._fragments[scope.keys] = _scope_fragment(scope)
+        return fragment
+
+    async def _evalsha_fast(
+        self, script: _Script, head: list[bytes], args: list[bytes], n_keys: int, n_args: int
+    ) -> list:
+        """EVALSHA over the pipelined client. `head` holds the encoded keys (n_keys of
+        them), `args` the encoded arguments (n_args of them; a fragment may hold several)."""
+        payload = command(
+            3 + n_keys + n_args,
+            [b"$7\r\nEVALSHA\r\n", bulk(script.sha.encode()), bulk_int(n_keys), *head, *args],
+        )
+        client = self.resp()
+        try:
+            return await client.execute(payload)
+        except RespNoScript:
+            # Redis restarted or SCRIPT FLUSH: load once more, then it is cached again.
+            await self.client().script_load(script.source)
+            return await client.execute(payload)
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        resp = self._resp.pop(loop, None)
+        if resp is not None:
+            resp.close()
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
@@ -151,19 +203,22 @@ class RedisStateStore(StateStore):
 
     # -- the two hot-path steps ----------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> AdmitResult:
-        keys = [self.version_key]
-        args: list = [
-            request.ticket,
-            request.tokens,
-            request.reserve_nano,
-            request.hold_ms,
-            request.window_ms,
-            len(request.scopes),
+        head = [self._version_fragment]
+        args = [
+            bulk(request.ticket.encode()),
+            bulk_int(request.tokens),
+            bulk_int(request.reserve_nano),
+            bulk_int(request.hold_ms),
+            bulk_int(request.window_ms),
+            bulk_int(len(request.scopes)),
         ]
         for scope in request.scopes:
-            keys.extend(scope.keys.as_list())
-            args.extend(_limits_argv(scope))
-        reply = await self._evalsha(self._admit, keys, args)
+            head.append(self._keys_fragment(scope))
+            args.append(_limits_fragment(scope))
+        n_scopes = len(request.scopes)
+        reply = await self._evalsha_fast(
+            self._admit, head, args, n_keys=1 + 9 * n_scopes, n_args=6 + 4 * n_scopes
+        )
         status, version = int(reply[0]), reply[1].decode()
         if status == 1:
             return AdmitResult(
@@ -187,20 +242,23 @@ class RedisStateStore(StateStore):
         )
 
     async def settle(self, request: SettleRequest) -> SettleResult:
-        keys = [self.stream]
-        args: list = [
-            request.ticket,
-            request.tokens,
-            request.cost_nano,
-            len(request.scopes),
-            request.event or b"",
-            1 if request.release else 0,
-            1 if request.allow_missing else 0,
+        head = [self._stream_fragment]
+        args = [
+            bulk(request.ticket.encode()),
+            bulk_int(request.tokens),
+            bulk_int(request.cost_nano),
+            bulk_int(len(request.scopes)),
+            bulk(request.event or b""),
+            b"$1\r\n1\r\n" if request.release else b"$1\r\n0\r\n",
+            b"$1\r\n1\r\n" if request.allow_missing else b"$1\r\n0\r\n",
         ]
         for scope in request.scopes:
-            keys.extend(scope.keys.as_list())
-            args.extend(_limits_argv(scope))
-        reply = await self._evalsha(self._settle, keys, args)
+            head.append(self._keys_fragment(scope))
+            args.append(_limits_fragment(scope))
+        n_scopes = len(request.scopes)
+        reply = await self._evalsha_fast(
+            self._settle, head, args, n_keys=1 + 9 * n_scopes, n_args=7 + 4 * n_scopes
+        )
         if int(reply[0]) == 1:
             return SettleResult(outcome="seed", missing=tuple(int(i) - 1 for i in reply[2:]))
         spend: list[SpendChange | None] = []

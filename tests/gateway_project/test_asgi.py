@@ -109,7 +109,13 @@ def test_a_request_that_used_the_orm_hands_its_connection_back(catalog):
     def open_connections() -> int:
         return sum(1 for c in connections.all(initialized_only=True) if c.connection is not None)
 
+    def close_all() -> None:
+        connections.close_all()
+
     async def scenario(loop: ThreadHopCountingLoop):
+        # Start from a closed connection in the ORM's thread (an earlier test may have left
+        # one open there), so this request is the one that opens it.
+        await sync_to_async(close_all, thread_sensitive=True)()
         response = await asgi_request(application, "GET", "/v1/models", headers=catalog["auth"])
         return response.status, await sync_to_async(open_connections, thread_sensitive=True)()
 

@@ -6,18 +6,19 @@ A warm request - its key policy and the catalog already in the process - makes:
 - no thread: nothing is handed to an executor and no thread is started.
 
 Requests go through `gateway_project.asgi.application` in-process. Redis round trips are
-counted at redis-py's transport (every write of a command or a pipeline to a socket), so any
-Redis call of any module counts, whatever wraps it."""
+counted by the Redis server (MONITOR), so any command of any module or client library counts
+(a pipelined batch counts each command: stricter than round trips)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import uuid
 from collections import Counter
 
 import pytest
 import redis
-import redis.asyncio.connection as aio_connection
-import redis.connection as sync_connection
 from asgiref.sync import async_to_sync, sync_to_async
 
 from gateway_project.asgi import application
@@ -49,51 +50,66 @@ def _chat(stream: bool) -> dict:
 
 
 class RedisRoundTrips:
-    """Counts writes of commands to Redis sockets (a pipeline is one write, so one round trip),
-    sync and asyncio clients alike, with the command names for the failure message."""
+    """Counts the commands the Redis server receives from clients, as the server itself reports
+    them (MONITOR; commands a Lua script runs are not round trips and are left out). Whatever
+    client library sent a command, it is counted."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.commands: Counter[str] = Counter()
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self._monitor_client = redis.Redis.from_url(url)
+        self._monitor = self._monitor_client.monitor().__enter__()
+        self._seen: list[dict] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for command in self._monitor.listen():
+                with self._lock:
+                    self._seen.append(command)
+        except (redis.ConnectionError, OSError, ValueError):
+            return  # closed by stop()
 
     def take(self) -> tuple[int, Counter[str]]:
-        count, commands = self.count, self.commands
-        self.count, self.commands = 0, Counter()
-        return count, commands
+        """Commands received since the last take: a marker is sent, and the feed is read up
+        to it (bounded wait), so nothing in flight is missed."""
+        marker = f"work-budget-{uuid.uuid4().hex}"
+        self.client.echo(marker)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self._lock:
+                index = next(
+                    (i for i, c in enumerate(self._seen) if marker in c.get("command", "")), None
+                )
+                if index is not None:
+                    batch, self._seen = self._seen[:index], self._seen[index + 1 :]
+                    break
+            time.sleep(0.001)
+        else:
+            raise AssertionError("the MONITOR feed did not show the marker within 5 s")
+        commands: Counter[str] = Counter()
+        for command in batch:
+            if command.get("client_type") == "lua" or "work-budget-" in command["command"]:
+                continue
+            commands[command["command"].split(" ", 1)[0].strip('"').upper()] += 1
+        return sum(commands.values()), commands
 
-    def record(self, packed) -> None:
-        self.count += 1
-        parts = packed if isinstance(packed, list | tuple) else [packed]
-        for part in parts[:1]:
-            raw = bytes(part)
-            # RESP array: *N\r\n$len\r\nNAME\r\n...
-            fields = raw.split(b"\r\n")
-            name = fields[2].decode(errors="replace").upper() if len(fields) > 2 else "?"
-            self.commands[name] += 1
+    def stop(self) -> None:
+        self._monitor.__exit__(None, None, None)
+        self._monitor_client.close()
+        self.client.close()
+        self._reader.join(timeout=5)
 
 
 @pytest.fixture
-def redis_round_trips(redis_url, monkeypatch):
+def redis_round_trips(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.flushdb()  # our own index only
     client.close()
-    counter = RedisRoundTrips()
-    aio_send = aio_connection.AbstractConnection.send_packed_command
-    sync_send = sync_connection.AbstractConnection.send_packed_command
-
-    async def counting_aio_send(self, command, check_health=True):
-        counter.record(command)
-        return await aio_send(self, command, check_health)
-
-    def counting_sync_send(self, command, check_health=True):
-        counter.record(command)
-        return sync_send(self, command, check_health)
-
-    monkeypatch.setattr(aio_connection.AbstractConnection, "send_packed_command", counting_aio_send)
-    monkeypatch.setattr(
-        sync_connection.AbstractConnection, "send_packed_command", counting_sync_send
-    )
-    return counter
+    counter = RedisRoundTrips(redis_url)
+    yield counter
+    counter.stop()
 
 
 @pytest.fixture
