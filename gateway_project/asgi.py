@@ -20,6 +20,12 @@ from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
 stock_http = get_asgi_application()  # django.setup() happens here, before our imports below
+if settings.GATEWAY_SERVE_STATIC:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+    # Admin and API-docs assets under uvicorn, from the apps' static folders (no collectstatic
+    # step); turn off when a CDN or reverse proxy serves STATIC_URL.
+    stock_http = ASGIStaticFilesHandler(stock_http)
 
 from gateway_project.fast_asgi import InferenceASGIHandler, Receive, Scope, Send  # noqa: E402
 from providers.adapters.base import adapters_close  # noqa: E402

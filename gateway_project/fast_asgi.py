@@ -350,7 +350,8 @@ class InferenceASGIHandler(ASGIHandler):
         await send({"type": "http.response.body", "body": body})
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        set_urlconf(settings.ROOT_URLCONF)
+        set_urlconf(settings.INFERENCE_URLCONF)
+        request.urlconf = settings.INFERENCE_URLCONF
         response = await self._middleware_chain(request)
         response._resource_closers.append(request.close)
         if response.status_code >= 400:

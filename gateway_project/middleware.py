@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpResponse
 
 from gateway_project.logging import request_id_var
 
@@ -45,3 +48,38 @@ class RequestIdMiddleware:
         response = await self.get_response(request)
         response["x-request-id"] = request_id
         return response
+
+
+_PLAIN_ERRORS = {
+    404: ("Unknown path: see /v1/docs for the endpoints", "invalid_request_error", "not_found"),
+    405: ("Method not allowed on this path", "invalid_request_error", "method_not_allowed"),
+}
+
+
+class InferenceErrorShapeMiddleware:
+    """On the inference API every error is in OpenAI's shape: Django's and Ninja's own plain
+    404/405 pages (unknown path, wrong method) are replaced by an OpenAI error body."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        response = await self.get_response(request)
+        plain = _PLAIN_ERRORS.get(response.status_code)
+        if plain is None or response.get("Content-Type", "").startswith("application/json"):
+            return response
+        message, error_type, code = plain
+        replaced = HttpResponse(
+            orjson.dumps(
+                {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+            ),
+            status=response.status_code,
+            content_type="application/json",
+        )
+        if response.has_header("Allow"):
+            replaced["Allow"] = response["Allow"]
+        return replaced

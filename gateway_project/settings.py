@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "channels",
+    "ninja",  # its bundled Swagger UI files (no CDN) for /v1/docs
     "providers",
     "tenants",
     "routing",
@@ -86,10 +87,12 @@ MIDDLEWARE = [
 # routing.metrics' gateway_* series (recorded by the routing service, no middleware needed).
 INFERENCE_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "gateway_project.middleware.InferenceErrorShapeMiddleware",
 ]
 # HTTP paths served by that handler (a prefix ending in "/" covers its subtree; otherwise the
 # exact path, with or without a trailing slash).
 INFERENCE_PATHS = ("/v1/", "/api/v1/generate")
+INFERENCE_URLCONF = "gateway_project.urls_inference"
 
 ROOT_URLCONF = "gateway_project.urls"
 
@@ -187,6 +190,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+GATEWAY_SERVE_STATIC = env_bool("GATEWAY_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
