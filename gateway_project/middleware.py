@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 
 import orjson
-
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpResponse
 
