@@ -146,6 +146,20 @@ def _read_new(client: redis.Redis, consumer: str, count: int, block_ms: int | No
     return reply[0][1] if reply else []
 
 
+def _fill_batch(
+    client: redis.Redis, consumer: str, entries: list, batch_size: int, deadline: float
+):
+    """Under a steady trickle a blocking read returns one or two entries at a time, and the
+    per-batch cost (a transaction, an ack) would be paid per event: linger a moment for the
+    batch to fill, then take what has arrived."""
+    linger_s = settings.GATEWAY_USAGE_DRAIN_LINGER_MS / 1000
+    if len(entries) >= batch_size or linger_s <= 0:
+        return entries
+    time.sleep(max(0.0, min(linger_s, deadline - time.monotonic())))
+    more = _read_new(client, consumer, batch_size - len(entries), None)
+    return entries + more if more else entries
+
+
 def _decode(entries) -> tuple[list[tuple[bytes, dict]], list[tuple[bytes, bytes, str]]]:
     good: list[tuple[bytes, dict]] = []
     bad: list[tuple[bytes, bytes, str]] = []
@@ -235,6 +249,7 @@ def usage_stream_drain(
             )
             if not entries:
                 break
+            entries = _fill_batch(client, consumer, entries, batch_size, deadline)
         result.read += len(entries)
         result.batches += 1
         _process(client, entries, result)
