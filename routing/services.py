@@ -382,6 +382,9 @@ def usage_event_payload(
         request_id, policy, route_name = call.request_id, call.policy, call.route.name
         endpoint, started, created_at = call.endpoint, call.started, call.created_at
     target = call.served if call is not None else None
+    prices = None
+    if call is not None and target is not None:
+        prices = call.unit_prices or target.model.price_at(call.created_at)
     return {
         "request_id": request_id,
         "created_at": (created_at or datetime.now(tz=UTC)).isoformat(),
@@ -399,8 +402,8 @@ def usage_event_payload(
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
         "usage_estimated": usage.estimated,
-        "input_price_per_mtok": str(call.unit_prices[0]) if call and call.unit_prices else "0",
-        "output_price_per_mtok": str(call.unit_prices[1]) if call and call.unit_prices else "0",
+        "input_price_per_mtok": str(prices[0]) if prices else "0",
+        "output_price_per_mtok": str(prices[1]) if prices else "0",
         "cost_usd": format(call.cost, "f") if call is not None else "0",
         "latency_ms": round((time.perf_counter() - (started or time.perf_counter())) * 1000, 3),
         "ttft_ms": call.ttft_ms if call is not None else None,
