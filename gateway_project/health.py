@@ -42,5 +42,6 @@ async def readiness(request):
     if redis_state is not None:
         checks["redis"] = "ok" if redis_state else "down"
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )

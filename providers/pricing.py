@@ -15,5 +15,7 @@ def cost_usd(
     input_price_per_mtok: Decimal,
     output_price_per_mtok: Decimal,
 ) -> Decimal:
-    raw = (Decimal(tokens_in) * input_price_per_mtok + Decimal(tokens_out) * output_price_per_mtok) / _MILLION
+    raw = (
+        Decimal(tokens_in) * input_price_per_mtok + Decimal(tokens_out) * output_price_per_mtok
+    ) / _MILLION
     return raw.quantize(COST_QUANTUM)

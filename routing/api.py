@@ -42,7 +42,6 @@ from tenants.selectors import api_key_policy_get
 logger = logging.getLogger("gateway.api")
 
 
-
 class OrjsonParser(Parser):
     def parse_body(self, request: HttpRequest):
         return orjson.loads(request.body)
@@ -143,16 +142,22 @@ async def authenticate(request: HttpRequest) -> KeyPolicy:
     policy = await api_key_policy_get(raw_key=raw_key)
     if policy is None:
         raise GatewayError(
-            status=401, message="Incorrect API key provided",
-            error_type="authentication_error", code="invalid_api_key",
+            status=401,
+            message="Incorrect API key provided",
+            error_type="authentication_error",
+            code="invalid_api_key",
         )
     if not policy.usable_at(datetime.now(tz=UTC)):
-        code = "revoked_api_key" if policy.revoked else (
-            "tenant_disabled" if not policy.tenant_active else "expired_api_key"
+        code = (
+            "revoked_api_key"
+            if policy.revoked
+            else ("tenant_disabled" if not policy.tenant_active else "expired_api_key")
         )
         raise GatewayError(
-            status=401, message="This API key is no longer valid",
-            error_type="authentication_error", code=code,
+            status=401,
+            message="This API key is no longer valid",
+            error_type="authentication_error",
+            code=code,
         )
     request.key_policy = policy
     return policy
@@ -164,13 +169,18 @@ async def resolve_route(request: HttpRequest, policy: KeyPolicy, model: str) -> 
     route = snapshot.resolve(model)
     if route is None:
         raise GatewayError(
-            status=404, message=f"The model '{model}' does not exist",
-            code="model_not_found", param="model",
+            status=404,
+            message=f"The model '{model}' does not exist",
+            code="model_not_found",
+            param="model",
         )
     if not policy.allows_model(model):
         raise GatewayError(
-            status=403, message=f"This key may not use the model '{model}'",
-            error_type="permission_error", code="model_not_allowed", param="model",
+            status=403,
+            message=f"This key may not use the model '{model}'",
+            error_type="permission_error",
+            code="model_not_allowed",
+            param="model",
         )
     return route
 
@@ -222,8 +232,16 @@ def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpRespon
 # -- endpoints ---------------------------------------------------------------------------
 @api.post(
     "/v1/chat/completions",
-    response={200: dict, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut,
-              429: ErrorOut, 502: ErrorOut, 504: ErrorOut},
+    response={
+        200: dict,
+        400: ErrorOut,
+        401: ErrorOut,
+        403: ErrorOut,
+        404: ErrorOut,
+        429: ErrorOut,
+        502: ErrorOut,
+        504: ErrorOut,
+    },
     summary="Create a chat completion (OpenAI-compatible, SSE when stream=true)",
 )
 async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
@@ -295,8 +313,9 @@ async def list_models(request: HttpRequest):
         for name in snapshot.public_names()
         if policy.allows_model(name)
     ]
-    return HttpResponse(orjson.dumps({"object": "list", "data": data}),
-                        content_type="application/json")
+    return HttpResponse(
+        orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
 
 
 @api.post(

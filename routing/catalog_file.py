@@ -41,9 +41,15 @@ class CatalogFileError(ValueError):
 
 @dataclass
 class CatalogLoadResult:
-    created: dict[str, int] = field(default_factory=lambda: {"providers": 0, "models": 0, "routes": 0})
-    updated: dict[str, int] = field(default_factory=lambda: {"providers": 0, "models": 0, "routes": 0})
-    pruned: dict[str, int] = field(default_factory=lambda: {"providers": 0, "models": 0, "routes": 0})
+    created: dict[str, int] = field(
+        default_factory=lambda: {"providers": 0, "models": 0, "routes": 0}
+    )
+    updated: dict[str, int] = field(
+        default_factory=lambda: {"providers": 0, "models": 0, "routes": 0}
+    )
+    pruned: dict[str, int] = field(
+        default_factory=lambda: {"providers": 0, "models": 0, "routes": 0}
+    )
 
     def summary(self) -> str:
         parts = []
@@ -66,7 +72,9 @@ def catalog_file_parse(path: Path) -> dict[str, Any]:
         else:
             data = tomllib.loads(raw.decode())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogFileError(f"{path.name} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+        raise CatalogFileError(
+            f"{path.name} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
+        ) from exc
     if not isinstance(data, dict):
         raise CatalogFileError("the top level must be a table/object")
     unknown = set(data) - {"providers", "models", "routes"}
@@ -125,7 +133,9 @@ def _provider_values(entry: dict[str, Any], where: str) -> dict[str, Any]:
     return values
 
 
-def _model_values(entry: dict[str, Any], where: str, providers: dict[str, Provider]) -> dict[str, Any]:
+def _model_values(
+    entry: dict[str, Any], where: str, providers: dict[str, Provider]
+) -> dict[str, Any]:
     provider_name = _require(entry, "provider", where)
     provider = providers.get(provider_name) or Provider.objects.filter(name=provider_name).first()
     if provider is None:
@@ -133,8 +143,12 @@ def _model_values(entry: dict[str, Any], where: str, providers: dict[str, Provid
     values: dict[str, Any] = {
         "provider": provider,
         "upstream_model": entry.get("upstream_model") or entry["name"],
-        "input_price_per_mtok": _price(entry.get("input_price_per_mtok"), f"{where}.input_price_per_mtok"),
-        "output_price_per_mtok": _price(entry.get("output_price_per_mtok"), f"{where}.output_price_per_mtok"),
+        "input_price_per_mtok": _price(
+            entry.get("input_price_per_mtok"), f"{where}.input_price_per_mtok"
+        ),
+        "output_price_per_mtok": _price(
+            entry.get("output_price_per_mtok"), f"{where}.output_price_per_mtok"
+        ),
         "is_active": bool(entry.get("active", True)),
     }
     for name in ("context_window", "max_output_tokens"):
@@ -206,7 +220,11 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
         )
         route.steps.all().delete()
         for position, step in enumerate(steps):
-            model_name, weight = (step, 1) if isinstance(step, str) else (step.get("model"), int(step.get("weight", 1)))
+            model_name, weight = (
+                (step, 1)
+                if isinstance(step, str)
+                else (step.get("model"), int(step.get("weight", 1)))
+            )
             model = models.get(model_name) or Model.objects.filter(name=model_name).first()
             if model is None:
                 raise CatalogFileError(f"{where} ({name}): unknown model '{model_name}'")
@@ -216,8 +234,20 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
         result.updated["routes"] += not created
 
     if prune:
-        result.pruned["routes"] = Route.objects.exclude(name__in=route_names).filter(is_active=True).update(is_active=False)
-        result.pruned["models"] = Model.objects.exclude(name__in=list(models)).filter(is_active=True).update(is_active=False)
-        result.pruned["providers"] = Provider.objects.exclude(name__in=list(providers)).filter(is_active=True).update(is_active=False)
+        result.pruned["routes"] = (
+            Route.objects.exclude(name__in=route_names)
+            .filter(is_active=True)
+            .update(is_active=False)
+        )
+        result.pruned["models"] = (
+            Model.objects.exclude(name__in=list(models))
+            .filter(is_active=True)
+            .update(is_active=False)
+        )
+        result.pruned["providers"] = (
+            Provider.objects.exclude(name__in=list(providers))
+            .filter(is_active=True)
+            .update(is_active=False)
+        )
     catalog_changed()
     return result

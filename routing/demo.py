@@ -31,19 +31,23 @@ def demo_seed(*, raw_key: str | None = None, rotate: bool = False) -> DemoSeedRe
     small, _ = Model.objects.get_or_create(
         name="mock-small",
         defaults={
-            "provider": provider, "upstream_model": "mock-small",
+            "provider": provider,
+            "upstream_model": "mock-small",
             "input_price_per_mtok": Decimal("0.150000"),
             "output_price_per_mtok": Decimal("0.600000"),
-            "context_window": 128000, "max_output_tokens": 4096,
+            "context_window": 128000,
+            "max_output_tokens": 4096,
         },
     )
     large, _ = Model.objects.get_or_create(
         name="mock-large",
         defaults={
-            "provider": provider, "upstream_model": "mock-large",
+            "provider": provider,
+            "upstream_model": "mock-large",
             "input_price_per_mtok": Decimal("2.500000"),
             "output_price_per_mtok": Decimal("10.000000"),
-            "context_window": 128000, "max_output_tokens": 4096,
+            "context_window": 128000,
+            "max_output_tokens": 4096,
         },
     )
     route, created = Route.objects.get_or_create(
@@ -57,15 +61,21 @@ def demo_seed(*, raw_key: str | None = None, rotate: bool = False) -> DemoSeedRe
     if raw_key is not None:
         if not ApiKey.objects.filter(key_hash=api_key_hash(raw_key)).exists():
             ApiKey.objects.create(
-                tenant=tenant, name="demo", prefix=api_key_display_prefix(raw_key),
+                tenant=tenant,
+                name="demo",
+                prefix=api_key_display_prefix(raw_key),
                 key_hash=api_key_hash(raw_key),
             )
         new_key = raw_key
     elif rotate or not tenant.api_keys.filter(name="demo", revoked_at__isnull=True).exists():
-        tenant.api_keys.filter(name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
+        tenant.api_keys.filter(name="demo", revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
         new_key = api_key_generate()
         ApiKey.objects.create(
-            tenant=tenant, name="demo", prefix=api_key_display_prefix(new_key),
+            tenant=tenant,
+            name="demo",
+            prefix=api_key_display_prefix(new_key),
             key_hash=api_key_hash(new_key),
         )
     catalog_changed()

@@ -70,7 +70,9 @@ def gateway_error_from_admission(exc: AdmissionDenied) -> GatewayError:
     )
 
 
-def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None) -> HttpResponse:
+def error_response(
+    error: GatewayError, extra_headers: dict[str, str] | None = None
+) -> HttpResponse:
     response = HttpResponse(
         orjson.dumps(error.body()), status=error.status, content_type="application/json"
     )

@@ -11,9 +11,13 @@ REQUESTS = Counter(
     ["endpoint", "route", "model", "outcome", "status"],
 )
 TOKENS = Counter(
-    "gateway_tokens_total", "Tokens by route, served model and direction", ["route", "model", "direction"]
+    "gateway_tokens_total",
+    "Tokens by route, served model and direction",
+    ["route", "model", "direction"],
 )
-COST = Counter("gateway_cost_usd_total", "Cost charged in USD by route and served model", ["route", "model"])
+COST = Counter(
+    "gateway_cost_usd_total", "Cost charged in USD by route and served model", ["route", "model"]
+)
 LATENCY = Histogram(
     "gateway_request_seconds",
     "Time from request to last byte",

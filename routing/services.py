@@ -179,9 +179,7 @@ class InferenceCall:
         if not tried:
             raise circuit_open_error(targets, route_name=self.route.name)
 
-    async def _handle_failure(
-        self, target: Target, exc: ProviderError, retry_index: int
-    ) -> str:
+    async def _handle_failure(self, target: Target, exc: ProviderError, retry_index: int) -> str:
         """Returns 'raise', 'retry' or 'next'."""
         if not exc.retryable:
             return "raise"

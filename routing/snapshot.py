@@ -66,7 +66,10 @@ async def _load() -> GatewaySnapshot:
                 continue
             provider = catalog.providers.get(entry.provider_id)
             if provider is not None:
-                targets.extend([Target(entry, provider)] * max(1, step.weight if route.strategy == "loadbalance" else 1))
+                targets.extend(
+                    [Target(entry, provider)]
+                    * max(1, step.weight if route.strategy == "loadbalance" else 1)
+                )
         if targets:
             routes[route.name] = ResolvedRoute(
                 name=route.name,

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _tcp_open(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -34,7 +36,9 @@ def pytest_configure(config):
         return
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
-        raise pytest.UsageError("GATEWAY_TEST_REQUIRE_SERVICES is set but DATABASE_URL is not PostgreSQL")
+        raise pytest.UsageError(
+            "GATEWAY_TEST_REQUIRE_SERVICES is set but DATABASE_URL is not PostgreSQL"
+        )
     if not _tcp_open(f"postgres://{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}", 5432):
         raise pytest.UsageError("PostgreSQL is required but does not answer")
     if not settings.REDIS_URL or not _tcp_open(settings.REDIS_URL, 6379):
@@ -47,7 +51,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, *, timeout_s: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_http(
+    url: str, *, timeout_s: float = 20.0, process: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -89,12 +95,33 @@ def gateway_server(
         **(env or {}),
     }
     if server == "daphne":
-        cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-               "gateway_project.asgi:application"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "gateway_project.asgi:application",
+        ]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "gateway_project.asgi:application",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--log-level", "warning", "--lifespan", "auto"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway_project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--lifespan",
+            "auto",
+        ]
     log = open(ROOT / f".test-server-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(cmd, cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -41,7 +41,9 @@ class ModelFactory(factory.django.DjangoModelFactory):
     output_price_per_mtok = Decimal("2.000000")
 
 
-def route_create(*, name: str, models: list[Model], strategy: str = "fallback", max_attempts: int = 3) -> Route:
+def route_create(
+    *, name: str, models: list[Model], strategy: str = "fallback", max_attempts: int = 3
+) -> Route:
     route = Route.objects.create(name=name, strategy=strategy, max_attempts=max_attempts)
     for position, model in enumerate(models):
         RouteStep.objects.create(route=route, position=position, model=model)

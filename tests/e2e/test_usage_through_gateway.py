@@ -12,7 +12,13 @@ import pytest
 from django.core.management import call_command
 
 from tests.celery_workers import celery_worker_start, process_stop, wait_until
-from tests.factories import ModelFactory, ProviderFactory, TenantFactory, api_key_create_for_test, route_create
+from tests.factories import (
+    ModelFactory,
+    ProviderFactory,
+    TenantFactory,
+    api_key_create_for_test,
+    route_create,
+)
 from usage.models import RollupPeriod, UsageEvent, UsageRollup
 
 pytestmark = pytest.mark.live_server_process
@@ -100,7 +106,10 @@ def test_ten_thousand_requests_through_the_gateway_leave_ten_thousand_exact_even
     assert stored == reported
     assert all(
         e.cost_usd
-        == (Decimal(e.tokens_in) * e.input_price_per_mtok + Decimal(e.tokens_out) * e.output_price_per_mtok)
+        == (
+            Decimal(e.tokens_in) * e.input_price_per_mtok
+            + Decimal(e.tokens_out) * e.output_price_per_mtok
+        )
         / Decimal(1_000_000)
         for e in UsageEvent.objects.only(
             "cost_usd", "tokens_in", "tokens_out", "input_price_per_mtok", "output_price_per_mtok"

@@ -59,13 +59,17 @@ def _assert_openai_error(response, status: int, code: str | None = None) -> dict
 
 async def test_chat_completion_answers_in_openai_shape_with_gateway_headers(catalog):
     client = AsyncClient()
-    response = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                                 headers=_auth(catalog["raw"]))
+    response = await client.post(
+        "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth(catalog["raw"])
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        body["usage"]["total_tokens"]
+        == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert response["x-gateway-model"] == "contract-small"
     assert response["x-gateway-fallbacks"] == "0"
     assert response["x-request-id"].startswith("req_")
@@ -77,8 +81,12 @@ async def test_chat_completion_answers_in_openai_shape_with_gateway_headers(cata
 
 
 async def test_x_api_key_header_authenticates_too(catalog):
-    response = await AsyncClient().post("/v1/chat/completions", CHAT, content_type="application/json",
-                                        headers={"X-API-Key": catalog["raw"]})
+    response = await AsyncClient().post(
+        "/v1/chat/completions",
+        CHAT,
+        content_type="application/json",
+        headers={"X-API-Key": catalog["raw"]},
+    )
     assert response.status_code == 200
 
 
@@ -88,29 +96,69 @@ async def test_x_api_key_header_authenticates_too(catalog):
         (b"{not json", 400, "invalid_json"),
         (b'{"model": "contract-chat"}', 400, None),
         (b'{"model": "contract-chat", "messages": "hi"}', 400, None),
-        (b'{"model": "contract-chat", "messages": [{"role": "wizard", "content": "x"}]}', 400, None),
-        (b'{"model": "contract-chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, None),
-        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
+        (
+            b'{"model": "contract-chat", "messages": [{"role": "wizard", "content": "x"}]}',
+            400,
+            None,
+        ),
+        (
+            b'{"model": "contract-chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            400,
+            None,
+        ),
+        (
+            b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "model_not_found",
+        ),
     ],
 )
 async def test_bad_requests_get_openai_errors_never_500(catalog, body, status, code):
-    response = await AsyncClient().post("/v1/chat/completions", body, content_type="application/json",
-                                        headers=_auth(catalog["raw"]))
+    response = await AsyncClient().post(
+        "/v1/chat/completions", body, content_type="application/json", headers=_auth(catalog["raw"])
+    )
     _assert_openai_error(response, status, code)
 
 
 async def test_missing_wrong_revoked_and_expired_keys_get_401(catalog):
     client = AsyncClient()
-    _assert_openai_error(await client.post("/v1/chat/completions", CHAT, content_type="application/json"), 401, "missing_api_key")
-    _assert_openai_error(await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                                           headers=_auth("gw-wrong")), 401, "invalid_api_key")
+    _assert_openai_error(
+        await client.post("/v1/chat/completions", CHAT, content_type="application/json"),
+        401,
+        "missing_api_key",
+    )
+    _assert_openai_error(
+        await client.post(
+            "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth("gw-wrong")
+        ),
+        401,
+        "invalid_api_key",
+    )
     tenant = catalog["tenant"]
     revoked, revoked_raw = await api_key_create_async(tenant, revoked_at=timezone.now())
-    expired, expired_raw = await api_key_create_async(tenant, expires_at=timezone.now() - timedelta(seconds=1))
-    _assert_openai_error(await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                                           headers=_auth(revoked_raw)), 401, "revoked_api_key")
-    _assert_openai_error(await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                                           headers=_auth(expired_raw)), 401, "expired_api_key")
+    expired, expired_raw = await api_key_create_async(
+        tenant, expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    _assert_openai_error(
+        await client.post(
+            "/v1/chat/completions",
+            CHAT,
+            content_type="application/json",
+            headers=_auth(revoked_raw),
+        ),
+        401,
+        "revoked_api_key",
+    )
+    _assert_openai_error(
+        await client.post(
+            "/v1/chat/completions",
+            CHAT,
+            content_type="application/json",
+            headers=_auth(expired_raw),
+        ),
+        401,
+        "expired_api_key",
+    )
 
 
 async def api_key_create_async(tenant, **fields):
@@ -121,32 +169,48 @@ async def api_key_create_async(tenant, **fields):
 
 async def test_model_outside_the_allow_list_gets_403_and_models_lists_only_allowed(catalog):
     client = AsyncClient()
-    response = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                                 headers=_auth(catalog["limited_raw"]))
+    response = await client.post(
+        "/v1/chat/completions",
+        CHAT,
+        content_type="application/json",
+        headers=_auth(catalog["limited_raw"]),
+    )
     _assert_openai_error(response, 403, "model_not_allowed")
     listing = await client.get("/v1/models", headers=_auth(catalog["limited_raw"]))
     assert [m["id"] for m in listing.json()["data"]] == ["contract-other"]
     full = await client.get("/v1/models", headers=_auth(catalog["raw"]))
-    assert {"contract-chat", "contract-small", "contract-other"} <= {m["id"] for m in full.json()["data"]}
+    assert {"contract-chat", "contract-small", "contract-other"} <= {
+        m["id"] for m in full.json()["data"]
+    }
 
 
 async def test_body_over_the_limit_gets_413(catalog, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     big = {"model": "contract-chat", "messages": [{"role": "user", "content": "x" * 4096}]}
-    response = await AsyncClient().post("/v1/chat/completions", big, content_type="application/json",
-                                        headers=_auth(catalog["raw"]))
+    response = await AsyncClient().post(
+        "/v1/chat/completions", big, content_type="application/json", headers=_auth(catalog["raw"])
+    )
     _assert_openai_error(response, 413, "request_too_large")
 
 
 async def test_every_refused_request_after_parsing_leaves_exactly_one_usage_event(catalog):
     client = AsyncClient()
     refused = [
-        await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                          headers=_auth("gw-wrong")),
-        await client.post("/v1/chat/completions", {**CHAT, "model": "nope"},
-                          content_type="application/json", headers=_auth(catalog["raw"])),
-        await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                          headers=_auth(catalog["limited_raw"])),
+        await client.post(
+            "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth("gw-wrong")
+        ),
+        await client.post(
+            "/v1/chat/completions",
+            {**CHAT, "model": "nope"},
+            content_type="application/json",
+            headers=_auth(catalog["raw"]),
+        ),
+        await client.post(
+            "/v1/chat/completions",
+            CHAT,
+            content_type="application/json",
+            headers=_auth(catalog["limited_raw"]),
+        ),
     ]
     await usage_events_settled(3)
     ids = {r["x-request-id"] for r in refused}
@@ -206,24 +270,35 @@ async def test_each_request_is_charged_the_price_in_force_when_it_arrived(catalo
     model = await Model.objects.aget(name="contract-small")
     # A price change scheduled for later does not touch today's requests...
     await sync_to_async(model_price_set)(
-        model=model, input_price_per_mtok="100", output_price_per_mtok="200",
+        model=model,
+        input_price_per_mtok="100",
+        output_price_per_mtok="200",
         effective_from=timezone.now() + timedelta(hours=1),
     )
     snapshot_invalidate()
     client = AsyncClient()
-    before = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                               headers=_auth(catalog["raw"]))
+    before = await client.post(
+        "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth(catalog["raw"])
+    )
     # ...and one in force now applies to the next request.
     await sync_to_async(model_price_set)(
-        model=model, input_price_per_mtok="3", output_price_per_mtok="5",
+        model=model,
+        input_price_per_mtok="3",
+        output_price_per_mtok="5",
         effective_from=timezone.now(),
     )
     snapshot_invalidate()
-    after = await client.post("/v1/chat/completions", CHAT, content_type="application/json",
-                              headers=_auth(catalog["raw"]))
+    after = await client.post(
+        "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth(catalog["raw"])
+    )
     await usage_events_settled(2)
     first = await UsageEvent.objects.aget(request_id=before["x-request-id"])
     second = await UsageEvent.objects.aget(request_id=after["x-request-id"])
     assert (first.input_price_per_mtok, first.output_price_per_mtok) == (Decimal("1"), Decimal("2"))
-    assert (second.input_price_per_mtok, second.output_price_per_mtok) == (Decimal("3"), Decimal("5"))
-    assert second.cost_usd == (Decimal(second.tokens_in) * 3 + Decimal(second.tokens_out) * 5) / Decimal(10**6)
+    assert (second.input_price_per_mtok, second.output_price_per_mtok) == (
+        Decimal("3"),
+        Decimal("5"),
+    )
+    assert second.cost_usd == (
+        Decimal(second.tokens_in) * 3 + Decimal(second.tokens_out) * 5
+    ) / Decimal(10**6)

@@ -22,7 +22,10 @@ def test_load_catalog_is_idempotent_and_keeps_exact_prices(capsys):
     assert Provider.objects.count() == 3
     assert Model.objects.get(name="gpt-4o-mini").input_price_per_mtok == Decimal("0.150000")
     route = Route.objects.get(name="chat-default")
-    assert [s.model.name for s in route.steps.order_by("position")] == ["gpt-4o-mini", "claude-haiku"]
+    assert [s.model.name for s in route.steps.order_by("position")] == [
+        "gpt-4o-mini",
+        "claude-haiku",
+    ]
 
 
 @pytest.mark.django_db
@@ -41,15 +44,26 @@ def test_load_catalog_replaces_route_steps_and_json_works(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('[[models]]\nname="x"\nprovider="nope"\ninput_price_per_mtok="1"\noutput_price_per_mtok="1"', "unknown provider 'nope'"),
-        ('[[providers]]\nname="p"\nkind="openai"\nsecret="sk-live-123"', "secrets do not go in catalog files"),
+        (
+            '[[models]]\nname="x"\nprovider="nope"\ninput_price_per_mtok="1"\noutput_price_per_mtok="1"',
+            "unknown provider 'nope'",
+        ),
+        (
+            '[[providers]]\nname="p"\nkind="openai"\nsecret="sk-live-123"',
+            "secrets do not go in catalog files",
+        ),
         ('[[providers]]\nname="p"\nkind="cohere"', "kind must be one of"),
-        ('[[providers]]\nname="p"\nkind="mock"\n[[models]]\nname="m"\nprovider="p"\ninput_price_per_mtok="0.0000001"\noutput_price_per_mtok="1"', "at most 6 decimals"),
+        (
+            '[[providers]]\nname="p"\nkind="mock"\n[[models]]\nname="m"\nprovider="p"\ninput_price_per_mtok="0.0000001"\noutput_price_per_mtok="1"',
+            "at most 6 decimals",
+        ),
         ("not toml = = =", "not valid"),
         ('[[routes]]\nname="r"\nsteps=["missing"]', "unknown model 'missing'"),
     ],
 )
-def test_load_catalog_rejects_bad_files_with_a_clear_message_and_changes_nothing(tmp_path, content, message):
+def test_load_catalog_rejects_bad_files_with_a_clear_message_and_changes_nothing(
+    tmp_path, content, message
+):
     path = tmp_path / "bad.toml"
     path.write_text(content)
     with pytest.raises(CommandError, match=message):

@@ -11,13 +11,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
         parser.add_argument(
-            "--prune", action="store_true",
+            "--prune",
+            action="store_true",
             help="Deactivate providers, models and routes that the file does not list",
         )
 
     def handle(self, *args, **options):
         try:
-            result = catalog_file_load(data=catalog_file_parse(options["file"]), prune=options["prune"])
+            result = catalog_file_load(
+                data=catalog_file_parse(options["file"]), prune=options["prune"]
+            )
         except CatalogFileError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(result.summary())

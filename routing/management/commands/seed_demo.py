@@ -31,8 +31,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  curl http://127.0.0.1:{port}/v1/chat/completions "
                 f"-H 'Authorization: Bearer {result.raw_key}' -H 'Content-Type: application/json' "
-                f"-d '{{\"model\": \"{result.route_name}\", "
-                f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+                f'-d \'{{"model": "{result.route_name}", '
+                f'"messages": [{{"role": "user", "content": "Hello!"}}]}}\''
             )
             self.stdout.write(f"  API docs: http://127.0.0.1:{port}/v1/docs")
             self.stdout.write("")
