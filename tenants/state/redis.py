@@ -107,7 +107,8 @@ class RedisStateStore(StateStore):
         self._resp: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RespClient] = (
             weakref.WeakKeyDictionary()
         )
-        self._fragments: dict[ScopeKeys, bytes] = {}
+        # id(scope) -> (scope, keys, limits); the scope itself is kept so its id stays unique.
+        self._fragments: dict[int, tuple[ScopeLimits, bytes, bytes]] = {}
         self._version_fragment = bulk(self.version_key.encode())
         self._stream_fragment = bulk(self.stream.encode())
 
@@ -147,13 +148,17 @@ class RedisStateStore(StateStore):
             client = self._resp[loop] = RespClient(self.url)
         return client
 
-    def _keys_fragment(self, scope: ScopeLimits) -> bytes:
-        fragment = self._fragments.get(scope.keys)
-        if fragment is None:
-            if len(self._fragments) >= 50_000:
-                self._fragments.clear()  # periods roll over; old names are never used again
-            fragment = self._fragments[scope.keys] = _scope_fragment(scope)
-        return fragment
+    def _scope_fragments(self, scope: ScopeLimits) -> tuple[bytes, bytes]:
+        """(encoded key names, encoded limits) of a scope: both repeat on every request of a
+        key in a period (admission caches the ScopeLimits objects themselves)."""
+        cached = self._fragments.get(id(scope))
+        if cached is not None and cached[0] is scope:
+            return cached[1], cached[2]
+        if len(self._fragments) >= 50_000:
+            self._fragments.clear()  # periods roll over; old names are never used again
+        fragments = (_scope_fragment(scope), _limits_fragment(scope))
+        self._fragments[id(scope)] = (scope, *fragments)
+        return fragments
 
     async def _evalsha_fast(
         self, script: _Script, head: list[bytes], args: list[bytes], n_keys: int, n_args: int
@@ -213,8 +218,9 @@ class RedisStateStore(StateStore):
             bulk_int(len(request.scopes)),
         ]
         for scope in request.scopes:
-            head.append(self._keys_fragment(scope))
-            args.append(_limits_fragment(scope))
+            keys_fragment, limits_fragment = self._scope_fragments(scope)
+            head.append(keys_fragment)
+            args.append(limits_fragment)
         n_scopes = len(request.scopes)
         reply = await self._evalsha_fast(
             self._admit, head, args, n_keys=1 + 9 * n_scopes, n_args=6 + 4 * n_scopes
@@ -253,8 +259,9 @@ class RedisStateStore(StateStore):
             b"$1\r\n1\r\n" if request.allow_missing else b"$1\r\n0\r\n",
         ]
         for scope in request.scopes:
-            head.append(self._keys_fragment(scope))
-            args.append(_limits_fragment(scope))
+            keys_fragment, limits_fragment = self._scope_fragments(scope)
+            head.append(keys_fragment)
+            args.append(limits_fragment)
         n_scopes = len(request.scopes)
         reply = await self._evalsha_fast(
             self._settle, head, args, n_keys=1 + 9 * n_scopes, n_args=7 + 4 * n_scopes
