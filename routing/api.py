@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from datetime import UTC, datetime
 
 import orjson
@@ -63,7 +63,7 @@ api = NinjaAPI(
 def _request_id(request: HttpRequest) -> str:
     rid = getattr(request, "request_id", None)
     if not rid:
-        rid = f"req_{uuid.uuid4().hex}"
+        rid = f"req_{random.getrandbits(128):032x}"
         request.request_id = rid
     return rid
 
@@ -130,7 +130,9 @@ def _on_unexpected(request, exc: Exception):
 async def authenticate(request: HttpRequest) -> KeyPolicy:
     request.started_at = getattr(request, "started_at", time.perf_counter())
     raw_key = api_key_from_headers(
-        request.headers.get("authorization"), request.headers.get("x-api-key")
+        # META, not request.headers: the latter builds a case-insensitive copy of every header.
+        request.META.get("HTTP_AUTHORIZATION"),
+        request.META.get("HTTP_X_API_KEY"),
     )
     if raw_key is None:
         raise GatewayError(
@@ -290,7 +292,7 @@ async def _stream_response(call: InferenceCall, chat: ChatRequest, *, model: str
         await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
         return error_response(error, call.gateway_headers())
     encoder = OpenAIStreamEncoder(
-        completion_id=f"chatcmpl-{uuid.uuid4().hex[:29]}",
+        completion_id=f"chatcmpl-{random.getrandbits(116):029x}",
         model=model,
         include_usage=chat.include_usage,
     )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -411,7 +411,7 @@ async def request_admit(
         when = now or datetime.now(tz=UTC)
         scopes, periods = _scopes_for(store, policy, when)
         # Tickets are unique per admission: request ids may come from clients.
-        ticket = f"{request_id}:{uuid.uuid4().hex[:12]}"
+        ticket = f"{request_id}:{random.getrandbits(48):012x}"
         try:
             result = await store.admit(
                 AdmitRequest(
