@@ -109,10 +109,14 @@ for i = 1, n do
   end
 end
 
+-- What the checks read, kept for the headers of an admitted request (no second read).
+local rpm_used, tpm_used = {}, {}
+
 for i = 1, n do
   local rpm = lim(i, 1)
   if rpm >= 0 then
     local count = redis.call('ZCARD', key(i, 1))
+    rpm_used[i] = count
     if count + 1 > rpm then
       local retry = window
       if rpm > 0 then
@@ -130,6 +134,7 @@ for i = 1, n do
   if tpm >= 0 then
     if tokens > tpm then return refuse(5, i, window) end
     local total = num(key(i, 4))
+    tpm_used[i] = total
     if total + tokens > tpm then
       local need = total + tokens - tpm
       local retry = window
@@ -179,6 +184,22 @@ for i = 1, n do
   end
 end
 
-local rl, rr, rs = rate_info(1)
-local tl, tr, ts = rate_info(2)
+-- This request is now the newest entry of every window it counts in: each window resets a
+-- whole window from now, and the counts are the checks' plus this request.
+local function admitted_info(kind)
+  local best_limit, best_rem = -1, -1
+  for i = 1, n do
+    local l = lim(i, kind)
+    if l >= 0 then
+      local used
+      if kind == 1 then used = rpm_used[i] + 1 else used = tpm_used[i] + tokens end
+      local rem = math.max(0, l - used)
+      if best_limit < 0 or rem < best_rem then best_limit, best_rem = l, rem end
+    end
+  end
+  return best_limit, best_rem, (best_limit >= 0) and window or 0
+end
+
+local rl, rr, rs = admitted_info(1)
+local tl, tr, ts = admitted_info(2)
 return {0, version, rl, rr, rs, tl, tr, ts}
