@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
@@ -416,6 +415,10 @@ def _alert_deliver(alert_id: int) -> str:
         errors: list[str] = []
         payload = _alert_payload(alert, tenant)
         if tenant.alert_webhook_url and alert.webhook_sent_at is None:
+            # Imported here: only alert delivery (a Celery task) uses it, and importing it in
+            # every web worker costs ~17 MB of RSS.
+            import httpx
+
             timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
             try:
                 with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as c:
