@@ -24,7 +24,7 @@ from routing.errors import (
     gateway_error_from_provider,
 )
 from routing.schemas import ChatCompletionIn, EmbeddingsIn, ErrorOut, ModelListOut
-from routing.services import InferenceCall, rejected_request_record
+from routing.services import InferenceCall, inference_call_open, rejected_request_record
 from routing.snapshot import ResolvedRoute, snapshot_get
 from routing.sse import completion_body
 from routing.streaming import (
@@ -253,10 +253,9 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
         policy = await authenticate(request)
         route = await resolve_route(request, policy, payload.model)
         chat = chat_request_from(payload, raw_messages=_raw_messages(request))
-        call = InferenceCall(
-            request_id=_request_id(request), policy=policy, route=route, stream=chat.stream
+        call = await inference_call_open(
+            request_id=_request_id(request), policy=policy, route=route, chat=chat, endpoint="chat"
         )
-        await call.admit(messages=chat.messages, max_tokens=chat.max_tokens)
     except GatewayError as error:
         return await _reject(request, error, endpoint="chat")
     except AdmissionDenied as denied:

@@ -37,7 +37,12 @@ from providers.types import ProviderError, Usage
 from routing.api import chat_request_from, resolve_route
 from routing.errors import GatewayError, gateway_error_from_admission, gateway_error_from_provider
 from routing.schemas import ChatCompletionIn
-from routing.services import InferenceCall, rejected_request_record, usage_event_payload
+from routing.services import (
+    InferenceCall,
+    inference_call_open,
+    rejected_request_record,
+    usage_event_payload,
+)
 from tenants.admission import AdmissionDenied
 from tenants.keys import api_key_from_headers
 from tenants.policy import KeyPolicy
@@ -267,10 +272,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         chat = chat_request_from(payload, raw_messages=body.get("messages"))
         chat.stream = True
         chat.include_usage = True
-        call = InferenceCall(
-            request_id=request_id, policy=policy, route=route, endpoint=ENDPOINT, stream=True
+        call = await inference_call_open(
+            request_id=request_id, policy=policy, route=route, chat=chat, endpoint=ENDPOINT
         )
-        await call.admit(messages=chat.messages, max_tokens=chat.max_tokens)
         return call, chat
 
     async def _run(

@@ -30,7 +30,7 @@ from routing.errors import (
     gateway_error_from_provider,
 )
 from routing.schemas import ErrorOut
-from routing.services import InferenceCall
+from routing.services import InferenceCall, inference_call_open
 from routing.sse import DONE, sse_event
 from routing.streaming import keepalive_interval, sse_stream, stream_headers, stream_start
 from tenants.admission import AdmissionDenied
@@ -140,14 +140,13 @@ async def generate(request: HttpRequest, payload: GenerateIn):
         policy = await authenticate(request)
         route = await resolve_route(request, policy, payload.model)
         chat = chat_request_from_prompt(payload)
-        call = InferenceCall(
+        call = await inference_call_open(
             request_id=_request_id(request),
             policy=policy,
             route=route,
+            chat=chat,
             endpoint=ENDPOINT,
-            stream=chat.stream,
         )
-        await call.admit(messages=chat.messages, max_tokens=chat.max_tokens)
     except GatewayError as error:
         return await _reject(request, error, endpoint=ENDPOINT)
     except AdmissionDenied as denied:

@@ -36,7 +36,7 @@ from providers.tokens import estimate_prompt_tokens_fast
 from providers.types import ChatRequest, ChatResponse, Chunk, ProviderError, Usage
 from routing.api import _request_id, api, authenticate, resolve_route
 from routing.errors import GatewayError, gateway_error_from_admission, gateway_error_from_provider
-from routing.services import InferenceCall, rejected_request_record
+from routing.services import InferenceCall, inference_call_open, rejected_request_record
 from routing.streaming import keepalive_interval, sse_stream, stream_headers, stream_start
 from tenants.admission import AdmissionDenied
 
@@ -560,14 +560,13 @@ async def create_message(request: HttpRequest):
         payload = messages_payload_parse(body)
         route = await resolve_route(request, policy, payload.model)
         chat = chat_request_from_anthropic(payload)
-        call = InferenceCall(
+        call = await inference_call_open(
             request_id=_request_id(request),
             policy=policy,
             route=route,
+            chat=chat,
             endpoint=ENDPOINT,
-            stream=chat.stream,
         )
-        await call.admit(messages=chat.messages, max_tokens=chat.max_tokens)
     except GatewayError as error:
         return await _reject(request, error)
     except AdmissionDenied as denied:

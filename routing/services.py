@@ -361,6 +361,23 @@ class InferenceCall:
         )
 
 
+async def inference_call_open(
+    *,
+    request_id: str,
+    policy: KeyPolicy,
+    route: ResolvedRoute,
+    chat: ChatRequest,
+    endpoint: str,
+) -> InferenceCall:
+    """The opening every ingress shares (chat, messages, generate, websocket): a call for the
+    resolved route, admitted against the key's and tenant's limits. Raises AdmissionDenied."""
+    call = InferenceCall(
+        request_id=request_id, policy=policy, route=route, endpoint=endpoint, stream=chat.stream
+    )
+    await call.admit(messages=chat.messages, max_tokens=chat.max_tokens)
+    return call
+
+
 def usage_event_payload(
     *,
     call: InferenceCall | None,
