@@ -39,6 +39,7 @@ from django.db import connection  # noqa: E402
 from providers.pricing import cost_usd  # noqa: E402
 from usage.models import RollupPeriod, UsageEvent, UsageRollup  # noqa: E402
 from usage.rollups import usage_rollup, usage_rollup_window  # noqa: E402
+from usage.services import _PAYLOAD_COLUMNS  # noqa: E402
 from usage.stream import stream_client, usage_payload_encode, usage_stream_drain  # noqa: E402
 
 MODELS = [
@@ -133,34 +134,8 @@ def bench_drain(count: int) -> None:
 
 
 def copy_events(count: int) -> None:
-    columns = (
-        "request_id",
-        "created_at",
-        "ingested_at",
-        "tenant_id",
-        "api_key_id",
-        "route",
-        "model",
-        "model_id",
-        "provider_id",
-        "upstream_model",
-        "endpoint",
-        "stream",
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "usage_estimated",
-        "input_price_per_mtok",
-        "output_price_per_mtok",
-        "cost_usd",
-        "latency_ms",
-        "ttft_ms",
-        "status_code",
-        "outcome",
-        "error_type",
-        "fallbacks",
-    )
+    # The writer's own column list, so the bench loads exactly what the drain writes.
+    columns = ("request_id", "created_at", "ingested_at", *_PAYLOAD_COLUMNS)
     # Ingested an hour ago: a past rollup run has seen them (outside the rollup overlap).
     loaded_at = datetime.now(tz=UTC) - timedelta(hours=1)
     connection.ensure_connection()
