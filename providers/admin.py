@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from providers.models import Model, ModelPrice, Provider
 from providers.services import (
     MODEL_FIELDS,
+    PROVIDER_FIELD_ORDER,
     PROVIDER_FIELDS,
     model_create,
     model_update,
@@ -46,19 +47,7 @@ class ProviderAdminForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = [
-            "name",
-            "kind",
-            "base_url",
-            "secret_env",
-            "options",
-            "connect_timeout_s",
-            "first_byte_timeout_s",
-            "stream_idle_timeout_s",
-            "total_timeout_s",
-            "max_retries",
-            "is_active",
-        ]
+        fields = list(PROVIDER_FIELD_ORDER)
         help_texts = {
             "secret_env": "Or: the name of an environment variable holding the secret.",
             "options": 'Kind-specific settings, e.g. {"api_version": "2024-10-21"} for Azure; '

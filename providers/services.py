@@ -20,21 +20,21 @@ from providers.secrets import secret_seal
 
 logger = logging.getLogger("gateway.providers")
 
-PROVIDER_FIELDS = frozenset(
-    {
-        "name",
-        "kind",
-        "base_url",
-        "secret_env",
-        "options",
-        "connect_timeout_s",
-        "first_byte_timeout_s",
-        "stream_idle_timeout_s",
-        "total_timeout_s",
-        "max_retries",
-        "is_active",
-    }
+# In the order the admin form shows them.
+PROVIDER_FIELD_ORDER = (
+    "name",
+    "kind",
+    "base_url",
+    "secret_env",
+    "options",
+    "connect_timeout_s",
+    "first_byte_timeout_s",
+    "stream_idle_timeout_s",
+    "total_timeout_s",
+    "max_retries",
+    "is_active",
 )
+PROVIDER_FIELDS = frozenset(PROVIDER_FIELD_ORDER)
 MODEL_FIELDS = frozenset(
     {
         "name",
