@@ -7,11 +7,13 @@ to PostgreSQL and Redis with no code change.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -140,6 +142,20 @@ GATEWAY_ADMISSION_TTL_SECONDS = env_float("GATEWAY_ADMISSION_TTL_SECONDS", 900.0
 GATEWAY_STATE_REDIS_POOL_SIZE = env_int("GATEWAY_STATE_REDIS_POOL_SIZE", 64)
 # Budget alerts (webhook POST, email) run in Celery, off the request path.
 GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
+# Webhook URLs are tenant input fetched by the server (an SSRF path; see docs/security.md):
+# https only unless this is on (development), never to loopback/private/link-local/reserved
+# addresses except the networks listed here (CIDRs, comma-separated; for an internal
+# receiver), and through this egress proxy when set (http://proxy:3128).
+GATEWAY_WEBHOOK_ALLOW_HTTP = env_bool("GATEWAY_WEBHOOK_ALLOW_HTTP", False)
+GATEWAY_WEBHOOK_ALLOWED_NETWORKS = [
+    n.strip() for n in env_str("GATEWAY_WEBHOOK_ALLOWED_NETWORKS", "").split(",") if n.strip()
+]
+try:
+    for _network in GATEWAY_WEBHOOK_ALLOWED_NETWORKS:
+        ipaddress.ip_network(_network, strict=False)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"GATEWAY_WEBHOOK_ALLOWED_NETWORKS: {_exc}") from _exc
+GATEWAY_WEBHOOK_PROXY = env_str("GATEWAY_WEBHOOK_PROXY", "")
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

@@ -5,6 +5,7 @@ another tenant's object is not found even by URL. Writes go through tenants.serv
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -13,6 +14,7 @@ from django.http import HttpRequest
 from tenants import services
 from tenants.models import ApiKey, AuditEvent, BudgetAlert, Tenant, TenantMembership
 from tenants.selectors import tenant_ids_visible_to, tenants_visible_to
+from tenants.webhooks import webhook_url_validate
 
 
 def _actor(request: HttpRequest) -> str:
@@ -124,9 +126,34 @@ LIMIT_FIELDSET = (
 )
 
 
+class TenantAdminForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = (
+            "slug",
+            "name",
+            "is_active",
+            "timezone",
+            "budget_usd",
+            "budget_period",
+            "rpm_limit",
+            "tpm_limit",
+            "max_concurrency",
+            "alert_thresholds",
+            "alert_webhook_url",
+            "alert_email",
+        )
+
+    def clean_alert_webhook_url(self) -> str:
+        url = self.cleaned_data.get("alert_webhook_url") or ""
+        webhook_url_validate(url)
+        return url
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdmin):
     tenant_path = "id"
+    form = TenantAdminForm
     # A tenant's limits and budget are the platform's cap: tenant admins read them and
     # manage their alert settings and keys; platform staff change the caps.
     member_can_change = True

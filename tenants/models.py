@@ -134,6 +134,9 @@ class BudgetAlert(models.Model):
     webhook_sent_at = models.DateTimeField(null=True, blank=True)
     email_sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
+    # A delivery run's lease: set by one conditional UPDATE before sending, cleared after, so
+    # two runs never send the same alert and no row lock is held while the network is used.
+    delivery_claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from tenants.admission import config_changed_notify
@@ -26,6 +27,13 @@ from tenants.models import (
     BudgetAlert,
     BudgetPeriod,
     Tenant,
+)
+from tenants.webhooks import (
+    WEBHOOK_FAILED_TEXT,
+    WebhookFailed,
+    WebhookRefused,
+    webhook_post,
+    webhook_url_validate,
 )
 
 logger = logging.getLogger("gateway.tenants")
@@ -97,6 +105,13 @@ def _validate_thresholds(values: Any) -> list[int]:
     return sorted(set(values))
 
 
+def _validate_webhook(url: str) -> None:
+    try:
+        webhook_url_validate(url)
+    except ValidationError as exc:
+        raise ValidationError({"alert_webhook_url": exc.messages}) from exc
+
+
 def _audit(*, tenant: Tenant | None, actor: str, action: str, target: str, details: dict) -> None:
     AuditEvent.objects.create(
         tenant=tenant,
@@ -150,6 +165,7 @@ def tenant_create(
     }
     _validate_limits(limits)
     _validate_timezone(timezone_name)
+    _validate_webhook(alert_webhook_url)
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"a tenant with slug {slug!r} already exists"})
     tenant = Tenant(
@@ -209,6 +225,8 @@ def tenant_update_limits(
         "alert_email": alert_email,
         "is_active": is_active,
     }
+    if alert_webhook_url is not UNSET:
+        _validate_webhook(alert_webhook_url)
     if timezone_name is not UNSET:
         _validate_timezone(timezone_name)
         other["timezone"] = timezone_name
@@ -402,49 +420,81 @@ def _alert_payload(alert: BudgetAlert, tenant: Tenant) -> dict[str, Any]:
     }
 
 
-def _alert_deliver(alert_id: int) -> str:
-    """Send what has not been sent for one alert; returns an error text or ''."""
-    with transaction.atomic():
-        # The row lock makes concurrent runs of the task for the same alert send once.
-        alert = (
-            BudgetAlert.objects.select_for_update(of=("self",))
-            .select_related("tenant", "api_key")
-            .get(pk=alert_id)
+def _alert_claim(alert_id: int) -> BudgetAlert | None:
+    """Take the delivery lease of one alert with one conditional UPDATE (no row stays locked
+    while the network is used). None when another run holds the lease or nothing is left to
+    send. A run that dies loses its lease when it expires; the retried task then sends."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS * 2 + 30)
+    claimed = (
+        BudgetAlert.objects.filter(pk=alert_id)
+        .filter(Q(delivery_claimed_until__isnull=True) | Q(delivery_claimed_until__lt=now))
+        .filter(
+            Q(webhook_sent_at__isnull=True, tenant__alert_webhook_url__gt="")
+            | Q(email_sent_at__isnull=True, tenant__alert_email__gt="")
         )
-        tenant = alert.tenant
-        errors: list[str] = []
-        payload = _alert_payload(alert, tenant)
-        if tenant.alert_webhook_url and alert.webhook_sent_at is None:
-            # Imported here: only alert delivery (a Celery task) uses it, and importing it in
-            # every web worker costs ~17 MB of RSS.
-            import httpx
+        .update(delivery_claimed_until=now + lease)
+    )
+    if not claimed:
+        return None
+    return BudgetAlert.objects.select_related("tenant", "api_key").get(pk=alert_id)
 
-            timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
-            try:
-                with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as c:
-                    response = c.post(tenant.alert_webhook_url, json=payload)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                errors.append(f"webhook: {type(exc).__name__}")
-            else:
-                alert.webhook_sent_at = timezone.now()
-        if tenant.alert_email and alert.email_sent_at is None:
-            who = f"API key {payload['api_key_prefix']}…" if alert.scope == "key" else "Tenant"
-            subject = f"[gateway] {tenant.slug}: {who} reached {alert.threshold}% of its budget"
-            body = (
-                f"{who} of tenant {tenant.slug} has spent {payload['spend_usd']} USD of its "
-                f"{payload['budget_usd']} USD budget for period {alert.period_key} "
-                f"({alert.threshold}% threshold)."
+
+def _alert_deliver(alert_id: int) -> str:
+    """Send what has not been sent for one alert; returns the tenant-visible error text or ''.
+    Runs outside any row lock: the lease taken by _alert_claim keeps concurrent runs of the
+    task for the same alert from sending twice."""
+    alert = _alert_claim(alert_id)
+    if alert is None:
+        return ""
+    tenant = alert.tenant
+    errors: list[str] = []
+    payload = _alert_payload(alert, tenant)
+    sent: dict[str, Any] = {}
+    if tenant.alert_webhook_url and alert.webhook_sent_at is None:
+        try:
+            webhook_post(
+                url=tenant.alert_webhook_url,
+                payload=payload,
+                timeout_s=settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS,
             )
-            try:
-                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [tenant.alert_email])
-            except OSError as exc:
-                errors.append(f"email: {type(exc).__name__}")
-            else:
-                alert.email_sent_at = timezone.now()
-        alert.last_error = "; ".join(errors)[:500]
-        alert.save(update_fields=["webhook_sent_at", "email_sent_at", "last_error"])
-    return alert.last_error
+        except (WebhookRefused, WebhookFailed) as exc:
+            # The details are for operators; the tenant reads only the generic text.
+            logger.warning(
+                "tenants.budget_alert_webhook_failed",
+                extra={
+                    "alert_id": alert.pk,
+                    "tenant_id": tenant.pk,
+                    "refused": isinstance(exc, WebhookRefused),
+                    "error": str(exc)[:300],
+                },
+            )
+            errors.append(WEBHOOK_FAILED_TEXT)
+        else:
+            sent["webhook_sent_at"] = timezone.now()
+    if tenant.alert_email and alert.email_sent_at is None:
+        who = f"API key {payload['api_key_prefix']}…" if alert.scope == "key" else "Tenant"
+        subject = f"[gateway] {tenant.slug}: {who} reached {alert.threshold}% of its budget"
+        body = (
+            f"{who} of tenant {tenant.slug} has spent {payload['spend_usd']} USD of its "
+            f"{payload['budget_usd']} USD budget for period {alert.period_key} "
+            f"({alert.threshold}% threshold)."
+        )
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [tenant.alert_email])
+        except OSError as exc:
+            logger.warning(
+                "tenants.budget_alert_email_failed",
+                extra={"alert_id": alert.pk, "tenant_id": tenant.pk, "error": repr(exc)[:300]},
+            )
+            errors.append("email: not delivered")
+        else:
+            sent["email_sent_at"] = timezone.now()
+    last_error = "; ".join(errors)[:500]
+    BudgetAlert.objects.filter(pk=alert.pk).update(
+        **sent, last_error=last_error, delivery_claimed_until=None
+    )
+    return last_error
 
 
 def budget_alerts_record(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from tenants.models import ApiKey, AuditEvent, BudgetPeriod, Tenant
+from tenants.webhooks import webhook_url_validate
 
 _LIMIT_FIELDS = ("budget_usd", "budget_period", "rpm_limit", "tpm_limit", "max_concurrency")
 
@@ -47,7 +48,9 @@ class TenantCreateSerializer(LimitsSerializer):
     alert_thresholds = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
-    alert_webhook_url = serializers.URLField(required=False, default="", allow_blank=True)
+    alert_webhook_url = serializers.URLField(
+        required=False, default="", allow_blank=True, validators=[webhook_url_validate]
+    )
     alert_email = serializers.EmailField(required=False, default="", allow_blank=True)
 
 
@@ -55,7 +58,9 @@ class TenantAlertsSerializer(serializers.Serializer):
     alert_thresholds = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
-    alert_webhook_url = serializers.URLField(required=False, allow_blank=True)
+    alert_webhook_url = serializers.URLField(
+        required=False, allow_blank=True, validators=[webhook_url_validate]
+    )
     alert_email = serializers.EmailField(required=False, allow_blank=True)
 
 

@@ -33,7 +33,10 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook():
+def webhook(settings):
+    # The receiver is on loopback over http: allowed here explicitly (refused by default).
+    settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+    settings.GATEWAY_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
     _Hook.received, _Hook.status = [], 204
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
