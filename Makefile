@@ -22,6 +22,9 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 ## Embedded mode (SQLite, in-process state) unless DATABASE_URL / REDIS_URL are set.
+## Development: DEBUG=1 unless set, which accepts the public development SECRET_KEY and a
+## derived encryption key (production refuses both; see docs/security.md).
+run: export DEBUG ?= 1
 run: migrate
 	$(BIN)/python manage.py seed_demo --quickstart --port $(PORT)
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)

@@ -47,6 +47,9 @@ GW_ENV=(
     DEBUG=0
     CELERY_TASK_ALWAYS_EAGER=0
     SECRET_KEY="${SECRET_KEY:-bench-only-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+    GATEWAY_ENCRYPTION_KEYS="${GATEWAY_ENCRYPTION_KEYS:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')}"
+    ALLOWED_HOSTS="${ALLOWED_HOSTS:-127.0.0.1,localhost}"
+    SECURE_SSL_REDIRECT=0  # plain http on loopback
 )
 gw() { env "${GW_ENV[@]}" "$@"; }
 

@@ -7,6 +7,7 @@ to PostgreSQL and Redis with no code change.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import sys
@@ -39,13 +40,84 @@ def env_float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# -- security: refuse to start in production with development defaults (docs/security.md) --
+# DEBUG on is development: a public SECRET_KEY, any Host and a derived encryption key are then
+# accepted. DEBUG off (the default) is production: each of them must be set.
 DEBUG = env_bool("DEBUG", False)
-_EMBEDDED_SECRET = "embedded-dev-only-secret-change-me-in-production-0123456789"  # noqa: S105
-SECRET_KEY = env_str("SECRET_KEY", _EMBEDDED_SECRET)
-ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "*").split(",") if h.strip()]
-CSRF_TRUSTED_ORIGINS = [
-    o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
-]
+_DEV_SECRET = "embedded-dev-only-secret-change-me-in-production-0123456789"  # noqa: S105
+SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET if DEBUG else "")
+if not DEBUG and (
+    SECRET_KEY == _DEV_SECRET
+    or len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+    or SECRET_KEY.startswith("django-insecure-")
+):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is missing, the public development default, or weak (under 50 characters "
+        "or under 5 distinct ones) while DEBUG is off. Set a random SECRET_KEY, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(64))', or DEBUG=1 for "
+        "development."
+    )
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*" if DEBUG else "")
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS is empty while DEBUG is off: list the host names the gateway answers "
+        "to (comma-separated), e.g. ALLOWED_HOSTS=gateway.example.com"
+    )
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# Provider secrets stored in the database are sealed with these Fernet keys (comma-separated;
+# the first seals, every one opens: add a new key in front, run `manage.py reseal_secrets`,
+# then drop the old one). Generate one with
+# python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'.
+# GATEWAY_ENCRYPTION_KEY (a passphrase, the earlier scheme) still opens what it sealed.
+# With DEBUG on and neither set, a key derived from SECRET_KEY is used (development only).
+GATEWAY_ENCRYPTION_KEYS = env_list("GATEWAY_ENCRYPTION_KEYS")
+GATEWAY_ENCRYPTION_KEY = env_str("GATEWAY_ENCRYPTION_KEY", "")
+for _key in GATEWAY_ENCRYPTION_KEYS:
+    try:
+        if len(base64.urlsafe_b64decode(_key.encode())) != 32:
+            raise ValueError("not 32 bytes")
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            "GATEWAY_ENCRYPTION_KEYS holds a value that is not a Fernet key (32 url-safe "
+            "base64-encoded bytes)"
+        ) from _exc
+if not DEBUG and not (GATEWAY_ENCRYPTION_KEYS or GATEWAY_ENCRYPTION_KEY):
+    raise ImproperlyConfigured(
+        "GATEWAY_ENCRYPTION_KEYS is not set while DEBUG is off: provider secrets would be "
+        "sealed with a key derived from SECRET_KEY. Generate one with python -c 'from "
+        "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+    )
+
+# A provider's `secret_env` may only name variables with one of these prefixes, or listed
+# in GATEWAY_PROVIDER_SECRET_ENV_ALLOWED (e.g. OPENAI_API_KEY for an existing deployment).
+GATEWAY_PROVIDER_SECRET_ENV_PREFIXES = tuple(
+    env_list("GATEWAY_PROVIDER_SECRET_ENV_PREFIXES", "GATEWAY_PROVIDER_")
+)
+GATEWAY_PROVIDER_SECRET_ENV_ALLOWED = frozenset(env_list("GATEWAY_PROVIDER_SECRET_ENV_ALLOWED"))
+
+# HTTPS. Behind a TLS-terminating reverse proxy set GATEWAY_TRUST_X_FORWARDED_PROTO=1 (and
+# make the proxy overwrite X-Forwarded-Proto); never set it when clients reach the gateway
+# directly, or they could claim https. Production defaults: redirect http to https (health
+# probes exempt), HSTS for a year with subdomains and preload, cookies only over https.
+if env_bool("GATEWAY_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 # daphne's app exists to make `manage.py runserver` serve ASGI (development); importing it
 # installs twisted's asyncio reactor, ~16 MB per process that uvicorn workers and Celery
@@ -246,8 +318,6 @@ GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS",
 # unauthenticated when the key comes in the first message.
 GATEWAY_WS_MAX_CONCURRENT_REQUESTS = env_int("GATEWAY_WS_MAX_CONCURRENT_REQUESTS", 4)
 GATEWAY_WS_AUTH_TIMEOUT_SECONDS = env_float("GATEWAY_WS_AUTH_TIMEOUT_SECONDS", 10.0)
-# Secrets of providers are encrypted at rest with a key derived from this (or SECRET_KEY).
-GATEWAY_ENCRYPTION_KEY = env_str("GATEWAY_ENCRYPTION_KEY", "")
 GATEWAY_USAGE_WRITE_MODE = env_str(
     "GATEWAY_USAGE_WRITE_MODE", "stream" if GATEWAY_STATE_BACKEND == "redis" else "direct"
 )

@@ -15,6 +15,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from providers.models import Model, ModelPrice, Provider
+from providers.secrets import secret_env_validate
 from providers.services import (
     MODEL_FIELDS,
     PROVIDER_FIELD_ORDER,
@@ -49,10 +50,20 @@ class ProviderAdminForm(forms.ModelForm):
         model = Provider
         fields = list(PROVIDER_FIELD_ORDER)
         help_texts = {
-            "secret_env": "Or: the name of an environment variable holding the secret.",
+            "secret_env": "Or: the name of an environment variable holding the secret; it must "
+            "start with GATEWAY_PROVIDER_ (e.g. GATEWAY_PROVIDER_OPENAI_API_KEY) unless the "
+            "operator allowed it in GATEWAY_PROVIDER_SECRET_ENV_ALLOWED.",
             "options": 'Kind-specific settings, e.g. {"api_version": "2024-10-21"} for Azure; '
             "see docs/providers.md.",
         }
+
+    def clean_secret_env(self) -> str:
+        name = (self.cleaned_data.get("secret_env") or "").strip()
+        try:
+            secret_env_validate(name)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["secret_env"]) from exc
+        return name
 
 
 class ModelPriceInline(admin.TabularInline):

@@ -3,6 +3,7 @@ go and swapped atomically, so the request path never queries the database for th
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from django.utils import timezone
 
 from providers.adapters.base import ProviderConfig
 from providers.models import Model, ModelPrice, Provider
-from providers.secrets import provider_secret_resolve
+from providers.secrets import ProviderSecretError, provider_secret_resolve
+
+logger = logging.getLogger("gateway.providers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +54,26 @@ class Catalog:
 
 
 def provider_config_from(provider: Provider) -> ProviderConfig:
+    secret, secret_error = "", ""
+    try:
+        secret = provider_secret_resolve(
+            secret_env=provider.secret_env, secret_encrypted=provider.secret_encrypted
+        )
+    except ProviderSecretError as exc:
+        # One bad credential takes only its provider out (typed errors on call), not the
+        # whole catalog; operators see why here.
+        secret_error = str(exc)
+        logger.error(
+            "provider.secret_unavailable",
+            extra={"provider_id": provider.id, "provider": provider.name, "error": secret_error},
+        )
     return ProviderConfig(
         id=provider.id,
         name=provider.name,
         kind=provider.kind,
         base_url=provider.base_url,
-        secret=provider_secret_resolve(
-            secret_env=provider.secret_env, secret_encrypted=provider.secret_encrypted
-        ),
+        secret=secret,
+        secret_error=secret_error,
         options=dict(provider.options or {}),
         connect_timeout_s=provider.connect_timeout_s,
         first_byte_timeout_s=provider.first_byte_timeout_s,

@@ -16,7 +16,7 @@ from django.db import transaction
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
 from providers.prices import model_price_set
-from providers.secrets import secret_seal
+from providers.secrets import secret_env_validate, secret_seal
 
 logger = logging.getLogger("gateway.providers")
 
@@ -83,6 +83,10 @@ def _provider_validate(provider: Provider) -> None:
     for name in _TIMEOUT_FIELDS:
         if getattr(provider, name) is None or getattr(provider, name) <= 0:
             errors[name] = "must be a positive number of seconds"
+    try:
+        secret_env_validate(provider.secret_env)
+    except ValidationError as exc:
+        errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
     if errors:
         raise ValidationError(errors)
     provider.full_clean(exclude=["secret_encrypted", "base_url"])

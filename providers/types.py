@@ -93,24 +93,38 @@ class EmbeddingResponse:
 
 
 class ProviderError(Exception):
-    """Base of the typed errors. `status` and `code` are what the client sees; `retryable`
-    tells strategies whether a retry or a fallback may help."""
+    """Base of the typed errors. `status`, `code` and `message` are what the client sees;
+    `retryable` tells strategies whether a retry or a fallback may help.
+
+    `detail` (also `str(exc)`) is the full text for logs: upstream error bodies (redacted),
+    provider and upstream model names. `message` is generic per class (plus the upstream's
+    status), so none of that reaches a client; only a bad request the gateway itself detected
+    (no upstream status) keeps its own text, which names the client's mistake."""
 
     status = 502
     error_type = "upstream_error"
     code = "upstream_error"
     retryable = True
+    public_message = "The upstream provider failed."
+    own_text_is_public = False
 
     def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
         super().__init__(message)
-        self.message = message
+        self.detail = message
         self.upstream_status = upstream_status
+        if self.own_text_is_public and upstream_status is None:
+            self.message = message
+        elif upstream_status is not None:
+            self.message = f"{self.public_message} (upstream status {upstream_status})"
+        else:
+            self.message = self.public_message
 
 
 class ProviderAuthError(ProviderError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_auth_failed"
+    public_message = "The upstream provider rejected the gateway's credentials."
     retryable = True  # another deployment in the chain may have valid credentials
 
 
@@ -118,6 +132,7 @@ class ProviderRateLimited(ProviderError):
     status = 429
     error_type = "rate_limit_error"
     code = "upstream_rate_limited"
+    public_message = "The upstream provider is rate limiting requests; retry later."
     retryable = True
 
     def __init__(
@@ -131,6 +146,7 @@ class ProviderTimeout(ProviderError):
     status = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
+    public_message = "The upstream provider timed out."
     retryable = True
 
 
@@ -140,6 +156,19 @@ class ProviderUnavailable(ProviderError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_unavailable"
+    public_message = "The upstream provider is unavailable."
+    retryable = True
+
+
+class ProviderCredentialsUnavailable(ProviderError):
+    """The provider's credential cannot be loaded (a sealed secret no configured key opens, a
+    secret_env name not allowed or unset): the request is not sent rather than sent with an
+    empty credential. Another deployment in the chain may still serve it."""
+
+    status = 503
+    error_type = "upstream_error"
+    code = "upstream_credentials_unavailable"
+    public_message = "The upstream provider has no usable credentials configured."
     retryable = True
 
 
@@ -147,15 +176,19 @@ class ProviderBadRequest(ProviderError):
     status = 400
     error_type = "invalid_request_error"
     code = "upstream_bad_request"
+    public_message = "The upstream provider rejected the request."
+    own_text_is_public = True  # when raised by our own checks (no upstream status)
     retryable = False
 
 
 class ContextTooLong(ProviderBadRequest):
     code = "context_length_exceeded"
+    public_message = "The request exceeds the model's context window."
 
 
 class ContentFiltered(ProviderBadRequest):
     code = "content_filter"
+    public_message = "The upstream provider's content filter rejected the request."
 
 
 class ProviderProtocolError(ProviderError):
@@ -164,8 +197,11 @@ class ProviderProtocolError(ProviderError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_malformed_response"
+    public_message = "The upstream provider answered with a malformed response."
     retryable = True
 
 
 class EmbeddingsNotSupported(ProviderBadRequest):
     code = "embeddings_not_supported"
+    public_message = "This model does not support embeddings."
+    own_text_is_public = False

@@ -43,6 +43,7 @@ class CircuitOpen(ProviderUnavailable):
 
     status = 503
     code = "upstream_circuit_open"
+    public_message = "The upstream provider is temporarily unavailable; retry later."
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
+from providers.secrets import secret_env_validate
 from providers.services import model_upsert, provider_create, provider_update
 from routing.models import Route, RouteStep, Strategy
 
@@ -116,6 +117,10 @@ def _provider_values(entry: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: secrets do not go in catalog files; name an environment variable "
             "with 'secret_env'"
         )
+    try:
+        secret_env_validate(entry.get("secret_env", ""))
+    except ValidationError as exc:
+        raise CatalogFileError(f"{where}: {_messages(exc)}") from exc
     values: dict[str, Any] = {
         "kind": kind,
         "base_url": entry.get("base_url", ""),

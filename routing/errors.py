@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import orjson
@@ -9,6 +10,22 @@ from django.http import HttpResponse
 
 from providers.types import ProviderError
 from tenants.admission import AdmissionDenied
+
+logger = logging.getLogger("gateway.routing")
+
+
+def provider_error_log(exc: ProviderError) -> None:
+    """The details a client never sees (upstream body, provider and model names), for
+    operators."""
+    logger.warning(
+        "routing.upstream_error",
+        extra={
+            "code": exc.code,
+            "status": exc.status,
+            "upstream_status": exc.upstream_status,
+            "detail": exc.detail[:1000],
+        },
+    )
 
 
 class GatewayError(Exception):
@@ -42,6 +59,9 @@ class GatewayError(Exception):
 
 
 def gateway_error_from_provider(exc: ProviderError) -> GatewayError:
+    """The client's view of a provider error: our status and code with a generic message
+    (ProviderError.message); the details go to the log."""
+    provider_error_log(exc)
     headers: dict[str, str] = {}
     # Rate limits keep the upstream's pause; an open circuit says when its probe is due.
     retry_after = getattr(exc, "retry_after", None)

@@ -30,6 +30,7 @@ from typing import Protocol
 from django.conf import settings
 
 from providers.types import ChatRequest, Chunk, ProviderError
+from routing.errors import provider_error_log
 from routing.services import InferenceCall
 from routing.sse import DONE, ChunkEncoder, is_usage_only
 
@@ -67,6 +68,7 @@ class GatewayStreamError(ProviderError):
     error_type = "server_error"
     code = "internal_error"
     retryable = False
+    public_message = "Internal gateway error while streaming"
 
 
 class ChunkPump:
@@ -285,6 +287,7 @@ class OpenAIStreamEncoder:
         return self._encoder.encode(chunk)
 
     def error(self, exc: ProviderError) -> bytes:
+        provider_error_log(exc)
         return self._encoder.error(message=exc.message, error_type=exc.error_type, code=exc.code)
 
     def finish(self, call: InferenceCall, failure: ProviderError | None) -> bytes | None:

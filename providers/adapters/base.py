@@ -18,6 +18,7 @@ from providers.types import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingsNotSupported,
+    ProviderCredentialsUnavailable,
 )
 
 
@@ -30,6 +31,9 @@ class ProviderConfig:
     kind: str
     base_url: str
     secret: str = field(default="", repr=False)
+    # Why the configured secret could not be loaded ('' when it could, or none is configured).
+    # Such a provider is never called: see CredentialsUnavailableAdapter.
+    secret_error: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0
@@ -77,12 +81,36 @@ def registered_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class CredentialsUnavailableAdapter(ProviderAdapter):
+    """Stands in for a provider whose credential could not be loaded: every call raises
+    ProviderCredentialsUnavailable, so no request goes upstream with an empty credential."""
+
+    kind = "credentials_unavailable"
+
+    def _error(self) -> ProviderCredentialsUnavailable:
+        return ProviderCredentialsUnavailable(
+            f"provider {self.config.name!r} has no usable credential: {self.config.secret_error}"
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        raise self._error()
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        raise self._error()
+        yield  # pragma: no cover - makes this an async generator
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        raise self._error()
+
+
 _instances: dict[int, ProviderAdapter] = {}
 
 
 def adapter_for(config: ProviderConfig) -> ProviderAdapter:
     """The process-wide adapter (and so connection pool) of one provider; rebuilt when the
     provider's configuration changes."""
+    if config.secret_error:
+        return CredentialsUnavailableAdapter(config)
     adapter = _instances.get(config.id)
     if adapter is not None and adapter.config is config:
         return adapter  # the snapshot hands out the same config object until it reloads

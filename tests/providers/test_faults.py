@@ -283,9 +283,11 @@ async def test_secret_never_appears_in_errors_or_logs(fake_upstream, kind, caplo
     assert any(
         fault.params.get("echo_key") for fault in (r.fault for r in fake_upstream.requests) if fault
     )
-    assert any("***" in error.message for error in errors)  # redacted, not dropped
+    assert any("***" in error.detail for error in errors)  # redacted, not dropped
     for error in errors:
-        rendered = "".join(traceback.format_exception(error)) + repr(error) + error.message
+        rendered = (
+            "".join(traceback.format_exception(error)) + repr(error) + error.message + error.detail
+        )
         assert "TOPSECRET" not in rendered, rendered
     for record in caplog.records:
         text = record.getMessage() + " " + " ".join(str(v) for v in vars(record).values())

@@ -74,7 +74,7 @@ def test_upstream_message_is_kept_but_redacted():
 
     assert "sk-the-real-secret" not in mapped.message
     assert "abcdefghijkl" not in mapped.message
-    assert "Bad key" in mapped.message
+    assert "Bad key" in mapped.detail
 
 
 def test_auth_errors_never_quote_the_upstream_text():
