@@ -16,7 +16,12 @@ from django.db import transaction
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
 from providers.prices import model_price_set
-from providers.secrets import secret_env_validate, secret_seal
+from providers.secrets import (
+    EncryptionKeyError,
+    secret_env_validate,
+    secret_reseal,
+    secret_seal,
+)
 
 logger = logging.getLogger("gateway.providers")
 
@@ -173,6 +178,29 @@ def provider_update(
         extra={"provider_id": provider.pk, "provider": provider.name, "changed": changed},
     )
     return provider
+
+
+def provider_secrets_reseal(*, legacy_secret_key: bool = False) -> tuple[int, list[str]]:
+    """Re-seal every stored provider secret with the first key of GATEWAY_ENCRYPTION_KEYS
+    (after prepending a new key; then the old one can be dropped). Returns how many were
+    re-sealed and the names of providers whose secret no configured key opens (left as they
+    are). `legacy_secret_key` also tries the key earlier versions derived from SECRET_KEY."""
+    resealed, failed = 0, []
+    with transaction.atomic():
+        for provider in Provider.objects.select_for_update().exclude(secret_encrypted=""):
+            try:
+                sealed = secret_reseal(
+                    provider.secret_encrypted, legacy_secret_key=legacy_secret_key
+                )
+            except EncryptionKeyError:
+                failed.append(provider.name)
+                continue
+            provider.secret_encrypted = sealed
+            provider.save(update_fields=["secret_encrypted"])
+            resealed += 1
+        catalog_changed()
+    logger.info("provider.secrets_resealed", extra={"resealed": resealed, "failed": failed})
+    return resealed, failed
 
 
 def provider_deactivate(*, provider: Provider) -> Provider:

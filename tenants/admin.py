@@ -127,6 +127,13 @@ LIMIT_FIELDSET = (
 
 
 class TenantAdminForm(forms.ModelForm):
+    alert_webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text="https only; private, loopback and link-local addresses are refused.",
+    )
+
     class Meta:
         model = Tenant
         fields = (
