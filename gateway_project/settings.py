@@ -118,6 +118,12 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Messages (which carry a new API key's raw value once) live in the server-side session, not
+# in a signed but readable cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+# /metrics: scrapes send `Authorization: Bearer <token>`; unset, the endpoint is off (404)
+# except with DEBUG on.
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")
 
 # daphne's app exists to make `manage.py runserver` serve ASGI (development); importing it
 # installs twisted's asyncio reactor, ~16 MB per process that uvicorn workers and Celery

@@ -11,9 +11,11 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from providers.catalog import catalog_changed
 from providers.models import Model, ModelPrice, Provider
 from providers.secrets import secret_env_validate
 from providers.services import (
@@ -152,6 +154,17 @@ class ServiceSavingAdmin(admin.ModelAdmin):
 
     def service_save(self, form: forms.ModelForm, original: Any) -> Any:
         raise NotImplementedError
+
+    # Deletes (platform staff) drop every process's snapshot once committed, like saves.
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            super().delete_model(request, obj)
+            catalog_changed()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        with transaction.atomic():
+            super().delete_queryset(request, queryset)
+            catalog_changed()
 
 
 @admin.register(Provider)

@@ -200,6 +200,14 @@ class TenantAdmin(TenantScopedAdmin):
             "max_concurrency",
         )
 
+    # Deletes go through the service: keys stop working everywhere at once.
+    def delete_model(self, request, obj: Tenant) -> None:
+        services.tenant_delete(tenant=obj, actor=_actor(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for tenant in queryset:
+            services.tenant_delete(tenant=tenant, actor=_actor(request))
+
     def save_model(self, request, obj: Tenant, form, change: bool) -> None:
         data = form.cleaned_data
         try:
@@ -265,6 +273,14 @@ class ApiKeyAdmin(TenantScopedAdmin):
     def get_readonly_fields(self, request, obj=None):
         # The tenant of an issued key never changes.
         return (*self.readonly_fields, "tenant") if obj else self.readonly_fields
+
+    # Deletes go through the service: the key stops working everywhere at once.
+    def delete_model(self, request, obj: ApiKey) -> None:
+        services.api_key_delete(key=obj, actor=_actor(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for key in queryset.select_related("tenant"):
+            services.api_key_delete(key=key, actor=_actor(request))
 
     def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
         data = form.cleaned_data

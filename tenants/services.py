@@ -333,6 +333,38 @@ def api_key_revoke(*, key: ApiKey, actor: str = "") -> ApiKey:
 
 
 @transaction.atomic
+def api_key_delete(*, key: ApiKey, actor: str = "") -> None:
+    """Delete a key row (platform staff in the admin; revoking is the usual way). Like a
+    revocation, every process stops accepting it within a second (config version on commit)."""
+    _audit(
+        tenant=key.tenant,
+        actor=actor,
+        action="api_key.delete",
+        target=key.prefix,
+        details={"api_key_id": key.id},
+    )
+    key.delete()
+    _notify_on_commit()
+    logger.info("tenants.api_key_deleted", extra={"prefix": key.prefix, "actor": actor})
+
+
+@transaction.atomic
+def tenant_delete(*, tenant: Tenant, actor: str = "") -> None:
+    """Delete a tenant and (cascade) its keys; every process stops accepting them within a
+    second (config version on commit)."""
+    _audit(
+        tenant=None,
+        actor=actor,
+        action="tenant.delete",
+        target=tenant.slug,
+        details={"tenant_id": tenant.id},
+    )
+    tenant.delete()
+    _notify_on_commit()
+    logger.info("tenants.tenant_deleted", extra={"slug": tenant.slug, "actor": actor})
+
+
+@transaction.atomic
 def api_key_rotate(*, key: ApiKey, actor: str = "") -> tuple[ApiKey, str]:
     """Issue a replacement with the same name, limits, models and expiry, and revoke the old
     key. Returns the new row and its raw key."""

@@ -18,6 +18,7 @@ _TEST_ENV = {
     "SECURE_SSL_REDIRECT": "0",
     "SESSION_COOKIE_SECURE": "0",
     "CSRF_COOKIE_SECURE": "0",
+    "GATEWAY_METRICS_TOKEN": "tests-metrics-token",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

@@ -4,6 +4,7 @@ stream (StreamingHttpResponse) instead of being built in memory."""
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,10 +18,26 @@ class _Echo:
         return value
 
 
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection");
+# key names, request ids and labels are tenant input.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe for a spreadsheet: text that would start a formula gets a leading quote
+    (numbers, including negative ones, stay as they are)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def csv_lines(rows: Iterable[Iterable[Any]]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     for row in rows:
-        yield writer.writerow(["" if v is None else v for v in row])
+        yield writer.writerow([csv_cell(v) for v in row])
 
 
 def _fmt(value: Any) -> Any:

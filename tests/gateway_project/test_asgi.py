@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connections
 
 from gateway_project.asgi import application, inference_http, path_matcher
@@ -128,7 +129,12 @@ def test_admin_and_metrics_are_served_by_the_stock_handler(catalog):
     async def scenario(loop: ThreadHopCountingLoop):
         hops_before = loop.executor_calls
         login = await asgi_request(application, "GET", "/admin/login/")
-        metrics = await asgi_request(application, "GET", "/metrics")
+        metrics = await asgi_request(
+            application,
+            "GET",
+            "/metrics",
+            headers={"authorization": f"Bearer {settings.GATEWAY_METRICS_TOKEN}"},
+        )
         return login, metrics, loop.executor_calls - hops_before
 
     (login, metrics, hops), _loop = run(scenario)

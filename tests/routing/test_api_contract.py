@@ -250,8 +250,16 @@ async def test_request_id_from_the_client_is_kept_and_health_answers(catalog):
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
 
 
-def test_metrics_and_openapi_docs_are_served(client, catalog):
-    assert client.get("/metrics").status_code == 200
+def test_metrics_and_openapi_docs_are_served(client, catalog, settings):
+    assert client.get("/metrics").status_code == 401  # a bearer token is required
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 401
+    scrape = client.get(
+        "/metrics", headers={"Authorization": f"Bearer {settings.GATEWAY_METRICS_TOKEN}"}
+    )
+    assert scrape.status_code == 200 and b"django_http_requests" in scrape.content
+    settings.GATEWAY_METRICS_TOKEN = ""
+    assert client.get("/metrics").status_code == 404  # no token configured: off
     schema = client.get("/v1/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"]
     assert client.get("/v1/docs").status_code == 200
