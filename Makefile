@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: install run serve test lint format migrate worker beat bench clean
+.PHONY: install run serve serve-preflight test lint format migrate worker beat bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ run: migrate
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 ## Production server: uvicorn workers (uvloop, httptools) for HTTP and websockets.
-serve: migrate
+## Several workers need the shared state store: without REDIS_URL each worker would keep its own
+## rate limits, concurrency slots and budgets (N times the configured limits), so that refuses.
+serve-preflight:
+	@if [ -z "$${REDIS_URL:-}" ] && [ "$(WORKERS)" != "1" ]; then \
+		echo "make serve: REDIS_URL is not set, so each of the $(WORKERS) workers would enforce" \
+			"limits and budgets on its own (per-process state). Set REDIS_URL, or WORKERS=1." >&2; \
+		exit 1; \
+	fi
+
+serve: serve-preflight migrate
 	$(BIN)/python -m uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS) --loop uvloop --http httptools --no-access-log --lifespan on
 

@@ -214,6 +214,12 @@ REDIS_URL = env_str("REDIS_URL", "")
 
 # The state store holds rate windows, concurrency slots, budget counters and the usage stream.
 GATEWAY_STATE_BACKEND = env_str("GATEWAY_STATE_BACKEND", "redis" if REDIS_URL else "memory")
+# The hot-path client (tenants/state/resp.py) speaks redis:// and rediss:// (TLS; CA bundle,
+# client certificate and verification from ssl_* query parameters as with redis-py).
+if GATEWAY_STATE_BACKEND == "redis" and REDIS_URL.split("://", 1)[0] not in ("redis", "rediss"):
+    raise ImproperlyConfigured(
+        "REDIS_URL must start with redis:// or rediss:// (TLS) for the Redis state store"
+    )
 # Concurrency slots and budget reservations of a process that died expire after this; keep it
 # above the longest request (GATEWAY_UPSTREAM_TOTAL_TIMEOUT) so a live request never loses its slot.
 GATEWAY_ADMISSION_TTL_SECONDS = env_float("GATEWAY_ADMISSION_TTL_SECONDS", 900.0)

@@ -16,9 +16,10 @@ replies of the others stay matched."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.exceptions import RedisError
 
@@ -153,13 +154,38 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
+def tls_context_from_url(url: str) -> ssl.SSLContext:
+    """The TLS context of a rediss:// URL, read from the query parameters redis-py uses too:
+    ssl_ca_certs (a CA bundle file; default: the system's), ssl_cert_reqs (required, the
+    default, or none), ssl_check_hostname (true unless ssl_cert_reqs=none), ssl_certfile and
+    ssl_keyfile (a client certificate)."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs") or None)
+    if query.get("ssl_certfile"):
+        context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile") or None)
+    reqs = (query.get("ssl_cert_reqs") or "required").lower()
+    if reqs not in ("required", "none"):
+        raise ValueError("ssl_cert_reqs in REDIS_URL must be 'required' or 'none'")
+    check_hostname = (query.get("ssl_check_hostname") or "true").lower() in ("1", "true", "yes")
+    if reqs == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = check_hostname
+    return context
+
+
 class RespClient:
     """One pipelined connection per event loop. Not thread-safe (one loop)."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", ""):
-            raise ValueError("the hot-path Redis client speaks plain redis:// only")
+        if parts.scheme not in ("redis", "rediss", ""):
+            raise ValueError(
+                f"REDIS_URL scheme {parts.scheme!r} is not supported by the hot-path Redis "
+                "client: use redis:// or rediss:// (TLS)"
+            )
+        self.ssl = tls_context_from_url(url) if parts.scheme == "rediss" else None
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.username = unquote(parts.username) if parts.username else None
@@ -178,7 +204,14 @@ class RespClient:
         try:
             try:
                 _, protocol = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port), self.timeout_s
+                    loop.create_connection(
+                        _Protocol,
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl is not None else None,
+                    ),
+                    self.timeout_s,
                 )
             except (OSError, TimeoutError) as exc:
                 raise RespConnectionError(f"cannot connect to Redis: {exc}") from None
