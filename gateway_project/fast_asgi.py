@@ -183,6 +183,19 @@ class InferenceASGIHandler(ASGIHandler):
             settings.INFERENCE_MIDDLEWARE if middleware is None else middleware
         )
         self.max_body_bytes: int = settings.GATEWAY_MAX_BODY_BYTES
+        self._security_headers: list[tuple[bytes, str, bytes]] = [
+            (name.encode("ascii"), name.lower(), value.encode("latin1"))
+            for name, value in settings.GATEWAY_SECURITY_HEADERS.items()
+            if value
+        ]
+        hsts = settings.SECURE_HSTS_SECONDS
+        self._hsts: str | None = None
+        if hsts:
+            self._hsts = f"max-age={hsts}"
+            if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+                self._hsts += "; includeSubDomains"
+            if settings.SECURE_HSTS_PRELOAD:
+                self._hsts += "; preload"
         self.signal_policy = _SignalPolicy()
         self.orm = OrmConnections()
 
@@ -344,6 +357,7 @@ class InferenceASGIHandler(ASGIHandler):
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", new_request_id().encode()),
                     (b"connection", b"close"),
+                    *((name, value) for name, _, value in self._security_headers),
                 ],
             }
         )
@@ -354,6 +368,8 @@ class InferenceASGIHandler(ASGIHandler):
         request.urlconf = settings.INFERENCE_URLCONF
         response = await self._middleware_chain(request)
         response._resource_closers.append(request.close)
+        if self._hsts is not None and request.is_secure():
+            response.headers.setdefault("Strict-Transport-Security", self._hsts)
         if response.status_code >= 400:
             # Stock Django logs this through sync_to_async; a logger call needs no thread.
             log_response(
@@ -369,6 +385,11 @@ class InferenceASGIHandler(ASGIHandler):
             )
             for name, value in response.items()
         ]
+        # Security headers on every answer (nosniff, frame denial, referrer policy): one list
+        # built at startup, skipped only where the view set its own.
+        for name, lower, value in self._security_headers:
+            if lower not in response.headers:
+                headers.append((name, value))
         if response.cookies:
             headers.extend(
                 (b"Set-Cookie", c.output(header="").encode("ascii").strip())

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -169,6 +170,47 @@ INFERENCE_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "gateway_project.middleware.InferenceErrorShapeMiddleware",
 ]
+# Security headers the inference handler adds to every answer (precomputed there; the stock
+# chain gets the same from SecurityMiddleware and XFrameOptionsMiddleware). HSTS is added
+# when the request came over https (SECURE_HSTS_* above).
+GATEWAY_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": X_FRAME_OPTIONS,
+    "Referrer-Policy": SECURE_REFERRER_POLICY,
+}
+# CORS for browser clients, off unless origins are listed (django-cors-headers), on the
+# inference API and the rest alike: GATEWAY_CORS_ALLOWED_ORIGINS=https://app.example.com,...
+# No credentials (cookies) cross origins; keys travel in the Authorization header.
+CORS_ALLOWED_ORIGINS = env_list("GATEWAY_CORS_ALLOWED_ORIGINS")
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = (
+    *cors_default_headers,
+    "x-api-key",
+    "x-request-id",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-organization",
+    "openai-project",
+)
+CORS_EXPOSE_HEADERS = [
+    "x-request-id",
+    "retry-after",
+    *(
+        f"x-ratelimit-{what}-{unit}"
+        for what in ("limit", "remaining", "reset")
+        for unit in ("requests", "tokens")
+    ),
+    "x-gateway-model",
+    "x-gateway-provider",
+    "x-gateway-route",
+    "x-gateway-fallbacks",
+    "x-gateway-cost-usd",
+]
+CORS_PREFLIGHT_MAX_AGE = 600
+if CORS_ALLOWED_ORIGINS:
+    INSTALLED_APPS.append("corsheaders")
+    MIDDLEWARE.insert(1, "corsheaders.middleware.CorsMiddleware")
+    INFERENCE_MIDDLEWARE.insert(1, "corsheaders.middleware.CorsMiddleware")
 # HTTP paths served by that handler (a prefix ending in "/" covers its subtree; otherwise the
 # exact path, with or without a trailing slash).
 INFERENCE_PATHS = ("/v1/", "/api/v1/generate")
