@@ -140,7 +140,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "channels",
     "ninja",  # its bundled Swagger UI files (no CDN) for /v1/docs
@@ -335,19 +334,28 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 GATEWAY_SERVE_STATIC = env_bool("GATEWAY_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
+    # Operator tokens: hashed, expiring, read or write, optionally tenant-limited
+    # (tenants/api/auth.py; `manage.py create_operator_token`).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tenants.api.auth.OperatorTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "tenants.api.auth.TokenScopeAllows",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# Operator tokens expire after this many days unless created with another lifetime (at most
+# the maximum).
+GATEWAY_OPERATOR_TOKEN_DAYS = env_int("GATEWAY_OPERATOR_TOKEN_DAYS", 90)
+GATEWAY_OPERATOR_TOKEN_MAX_DAYS = env_int("GATEWAY_OPERATOR_TOKEN_MAX_DAYS", 366)
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Gateway management API",
     "DESCRIPTION": "Tenants, API keys, limits and budgets. Authenticate with "
-    "`Authorization: Token <operator token>`.",
+    "`Authorization: Token <operator token>` (manage.py create_operator_token).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
 }

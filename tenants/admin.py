@@ -12,7 +12,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants import services
-from tenants.models import ApiKey, AuditEvent, BudgetAlert, Tenant, TenantMembership
+from tenants.models import (
+    ApiKey,
+    AuditEvent,
+    BudgetAlert,
+    OperatorToken,
+    Tenant,
+    TenantMembership,
+)
 from tenants.selectors import tenant_ids_visible_to, tenants_visible_to
 from tenants.webhooks import webhook_url_validate
 
@@ -378,3 +385,46 @@ class BudgetAlertAdmin(ReadOnlyScopedAdmin):
     list_select_related = ("tenant", "api_key")
     list_per_page = 100
     show_full_result_count = False
+
+
+@admin.register(OperatorToken)
+class OperatorTokenAdmin(admin.ModelAdmin):
+    """Platform staff list and revoke API tokens; they are issued with
+    `manage.py create_operator_token` (the raw token is shown once, there)."""
+
+    list_display = (
+        "prefix",
+        "user",
+        "name",
+        "scope",
+        "tenant",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+    list_filter = ("scope", "revoked_at")
+    search_fields = ("prefix", "name", "user__username")
+    list_select_related = ("user", "tenant")
+    readonly_fields = list_display + ("created_at",)
+    actions = ("revoke_selected",)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.is_superuser
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke_selected(self, request, queryset):
+        for token in queryset:
+            services.operator_token_revoke(token=token, actor=_actor(request))
+        self.message_user(request, "Revoked.", level=messages.SUCCESS)

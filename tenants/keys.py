@@ -15,6 +15,13 @@ def api_key_generate() -> str:
     return f"{settings.GATEWAY_KEY_PREFIX}{secrets.token_urlsafe(32)}"
 
 
+OPERATOR_TOKEN_PREFIX = "gwop_"
+
+
+def operator_token_generate() -> str:
+    return f"{OPERATOR_TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+
+
 def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 

@@ -149,3 +149,42 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope}:{self.scope_id} {self.threshold}% {self.period_key}"
+
+
+class OperatorTokenScope(models.TextChoices):
+    READ = "read", "Read only"
+    WRITE = "write", "Read and write"
+
+
+class OperatorToken(models.Model):
+    """A management/reports API credential of one Django user. Only a SHA-256 hash and a
+    short display prefix are stored; it expires, may be read-only, and may be limited to one
+    of the user's tenants (it never grants more than the user has)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="operator_tokens"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=32, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scope = models.CharField(
+        max_length=8, choices=OperatorTokenScope.choices, default=OperatorTokenScope.READ
+    )
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="operator_tokens",
+        help_text="Limit the token to this tenant (empty: every tenant the user manages)",
+    )
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user_id}, {self.scope})"

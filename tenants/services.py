@@ -19,14 +19,22 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tenants.admission import config_changed_notify
-from tenants.keys import api_key_display_prefix, api_key_generate, api_key_hash
+from tenants.keys import (
+    api_key_display_prefix,
+    api_key_generate,
+    api_key_hash,
+    operator_token_generate,
+)
 from tenants.models import (
     AlertScope,
     ApiKey,
     AuditEvent,
     BudgetAlert,
     BudgetPeriod,
+    OperatorToken,
+    OperatorTokenScope,
     Tenant,
+    TenantMembership,
 )
 from tenants.webhooks import (
     WEBHOOK_FAILED_TEXT,
@@ -433,6 +441,77 @@ def api_key_update_limits(
     _audit(tenant=key.tenant, actor=actor, action="api_key.update", target=key.prefix, details=diff)
     _notify_on_commit()
     return key
+
+
+# -- operator tokens (management and reports APIs) ---------------------------------------------
+@transaction.atomic
+def operator_token_create(
+    *,
+    user: Any,
+    actor: str = "",
+    name: str = "",
+    scope: str = OperatorTokenScope.READ,
+    tenant: Tenant | None = None,
+    expires_in_days: int | None = None,
+) -> tuple[OperatorToken, str]:
+    """Issue an API token for `user`. Returns the row and the raw token: the only time it
+    exists outside the caller's hands; only its SHA-256 is stored. Read-only by default, and
+    it expires (GATEWAY_OPERATOR_TOKEN_DAYS unless given, at most
+    GATEWAY_OPERATOR_TOKEN_MAX_DAYS)."""
+    if scope not in OperatorTokenScope.values:
+        raise ValidationError({"scope": f"must be one of {', '.join(OperatorTokenScope.values)}"})
+    days = settings.GATEWAY_OPERATOR_TOKEN_DAYS if expires_in_days is None else expires_in_days
+    if not 0 < days <= settings.GATEWAY_OPERATOR_TOKEN_MAX_DAYS:
+        raise ValidationError(
+            {"expires_in_days": f"must be 1..{settings.GATEWAY_OPERATOR_TOKEN_MAX_DAYS}"}
+        )
+    if not (user.is_active and (user.is_superuser or user.tenant_memberships.exists())):
+        raise ValidationError("only superusers and tenant admins may hold operator tokens")
+    if (
+        tenant is not None
+        and not user.is_superuser
+        and not TenantMembership.objects.filter(user=user, tenant=tenant).exists()
+    ):
+        raise ValidationError({"tenant": "the user does not administer this tenant"})
+    raw = operator_token_generate()
+    token = OperatorToken.objects.create(
+        user=user,
+        name=name,
+        prefix=api_key_display_prefix(raw),
+        key_hash=api_key_hash(raw),
+        scope=scope,
+        tenant=tenant,
+        expires_at=timezone.now() + timedelta(days=days),
+    )
+    _audit(
+        tenant=tenant,
+        actor=actor,
+        action="operator_token.create",
+        target=token.prefix,
+        details={"user": user.get_username(), "scope": scope, "expires_at": token.expires_at},
+    )
+    logger.info(
+        "tenants.operator_token_created",
+        extra={"token_id": token.id, "user_id": user.pk, "scope": scope},
+    )
+    return token, raw
+
+
+@transaction.atomic
+def operator_token_revoke(*, token: OperatorToken, actor: str = "") -> OperatorToken:
+    """Revoke an operator token (idempotent)."""
+    token = OperatorToken.objects.select_for_update().get(pk=token.pk)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        _audit(
+            tenant=token.tenant,
+            actor=actor,
+            action="operator_token.revoke",
+            target=token.prefix,
+            details={"token_id": token.id},
+        )
+    return token
 
 
 # -- budget alerts (called by tenants.tasks, off the request path) ---------------------------

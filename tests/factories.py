@@ -57,3 +57,11 @@ def api_key_create_for_test(*, tenant: Tenant, **fields) -> tuple[ApiKey, str]:
         tenant=tenant, prefix=api_key_display_prefix(raw), key_hash=api_key_hash(raw), **fields
     )
     return key, raw
+
+
+def operator_token_for(user, *, scope: str = "write", tenant: Tenant | None = None) -> str:
+    """A raw management/reports API token for `user` (write scope unless asked otherwise)."""
+    from tenants.services import operator_token_create
+
+    _token, raw = operator_token_create(user=user, scope=scope, tenant=tenant)
+    return raw

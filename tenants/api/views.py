@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from tenants import services
 from tenants.admission import budget_status_get
+from tenants.api.auth import TokenScopeAllows, request_tenant_limit
 from tenants.api.serializers import (
     ApiKeyIssuedSerializer,
     ApiKeyIssueSerializer,
@@ -42,6 +43,13 @@ class IsOperator(permissions.BasePermission):
         return user.is_superuser or bool(tenant_ids_visible_to(user=user))
 
 
+def _tenants(request: Request):
+    """The tenants this request may touch: the user's, narrowed to the token's tenant."""
+    tenants = tenants_visible_to(user=request.user)
+    limit = request_tenant_limit(request)
+    return tenants if limit is None else tenants.filter(pk=limit)
+
+
 def _actor(request: Request) -> str:
     return f"api:{request.user.get_username()}"
 
@@ -55,17 +63,17 @@ def _service_call(fn, **kwargs):
 
 
 def _require_superuser(request: Request, what: str) -> None:
-    if not request.user.is_superuser:
+    if not request.user.is_superuser or request_tenant_limit(request) is not None:
         raise PermissionDenied(f"Only platform staff may {what}.")
 
 
 class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = TenantSerializer
-    permission_classes = (IsOperator,)
+    permission_classes = (IsOperator, TokenScopeAllows)
     lookup_field = "slug"
 
     def get_queryset(self):
-        return tenants_visible_to(user=self.request.user).order_by("slug")
+        return _tenants(self.request).order_by("slug")
 
     @extend_schema(request=TenantCreateSerializer, responses={201: TenantSerializer})
     def create(self, request: Request) -> Response:
@@ -134,10 +142,13 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ApiKeySerializer
-    permission_classes = (IsOperator,)
+    permission_classes = (IsOperator, TokenScopeAllows)
 
     def get_queryset(self):
         keys = api_keys_visible_to(user=self.request.user).order_by("-created_at")
+        limit = request_tenant_limit(self.request)
+        if limit is not None:
+            keys = keys.filter(tenant_id=limit)
         params = self.request.query_params
         if params.get("tenant"):
             keys = keys.filter(tenant__slug=params["tenant"])
@@ -151,7 +162,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data = ApiKeyIssueSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        tenant = tenants_visible_to(user=request.user).filter(slug=values.pop("tenant")).first()
+        tenant = _tenants(request).filter(slug=values.pop("tenant")).first()
         if tenant is None:
             raise ValidationError({"tenant": "no tenant with this slug that you manage"})
         key, raw = _service_call(

@@ -7,12 +7,11 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tenants import services
 from tenants.models import ApiKey, TenantMembership
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, operator_token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +36,7 @@ def world():
 
 def api_client(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {operator_token_for(user)}")
     return client
 
 
@@ -180,8 +179,12 @@ def test_only_platform_staff_change_a_tenants_caps(world):
 
 def test_management_api_requires_an_operator_token(world):
     assert APIClient().get("/api/manage/keys/").status_code == 401
-    outsider = get_user_model().objects.create_user("bob", password="pw-bob-1234")
-    assert api_client(outsider).get("/api/manage/keys/").status_code == 403
+    # A token whose user no longer administers any tenant opens nothing.
+    former = get_user_model().objects.create_user("bob", password="pw-bob-1234", is_staff=True)
+    membership = TenantMembership.objects.create(user=former, tenant=world["ours"])
+    client = api_client(former)
+    membership.delete()
+    assert client.get("/api/manage/keys/").status_code == 403
 
 
 def test_management_api_is_described_by_an_openapi_schema(world):

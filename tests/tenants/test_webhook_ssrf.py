@@ -12,12 +12,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tenants import services, webhooks
 from tenants.models import BudgetAlert, Tenant, TenantMembership
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, operator_token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -131,7 +130,7 @@ def test_management_api_refuses_loopback_and_metadata_webhooks():
     user = get_user_model().objects.create_user("alice", password="pw-alice-123", is_staff=True)
     TenantMembership.objects.create(user=user, tenant=tenant)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {operator_token_for(user)}")
     for url in ("http://127.0.0.1:6379/", "https://169.254.169.254/", "https://[::1]/x"):
         answer = client.patch("/api/manage/tenants/ours/alerts/", {"alert_webhook_url": url})
         assert answer.status_code == 400, url

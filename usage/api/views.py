@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tenants.api.auth import request_tenant_limit
 from tenants.models import Tenant
 from usage.access import parse_range, tenant_scope
 from usage.exports import csv_lines, event_rows, report_row, statement_rows
@@ -54,8 +55,12 @@ class RangeParams(serializers.Serializer):
 
 
 def _scope(request: Request, tenant: int | None):
+    """The user's tenants, narrowed to the one a tenant-limited operator token names."""
+    limit = request_tenant_limit(request)
+    if limit is not None and tenant not in (None, limit):
+        raise ApiPermissionDenied("this token is limited to another tenant")
     try:
-        return tenant_scope(request.user, tenant)
+        return tenant_scope(request.user, limit if limit is not None else tenant)
     except PermissionDenied as exc:
         raise ApiPermissionDenied(str(exc)) from exc
 
