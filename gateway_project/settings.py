@@ -344,7 +344,7 @@ REST_FRAMEWORK = {
         "rest_framework.permissions.IsAuthenticated",
         "tenants.api.auth.TokenScopeAllows",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "gateway_project.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

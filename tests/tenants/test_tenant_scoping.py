@@ -193,3 +193,12 @@ def test_management_api_is_described_by_an_openapi_schema(world):
     paths = schema.json()["paths"]
     assert "/api/manage/keys/{id}/rotate/" in paths
     assert "/api/manage/tenants/{slug}/limits/" in paths
+
+
+def test_a_limit_beyond_any_integer_is_capped_not_a_server_error(world):
+    client = api_client(world["root"])
+    answer = client.get("/api/manage/tenants/", {"limit": 10**40, "offset": -5})
+    assert answer.status_code == 200
+    assert {t["slug"] for t in answer.json()["results"]} == {"ours", "theirs"}
+    keys = client.get("/api/manage/keys/", {"limit": 10**30, "offset": 1})
+    assert keys.status_code == 200 and len(keys.json()["results"]) == 1
