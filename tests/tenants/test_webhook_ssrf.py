@@ -268,3 +268,27 @@ def test_an_alert_leased_by_another_run_is_not_sent_twice(settings, receiver):
     assert services._alert_deliver(other.pk) == ""
     assert len(handler.hits) == 1
     assert alert.webhook_sent_at is not None
+
+
+def test_with_an_egress_proxy_the_proxy_gets_the_request_by_name(settings, receiver, monkeypatch):
+    """GATEWAY_WEBHOOK_PROXY: the request goes to the proxy (which owns the network policy);
+    the webhook's name is not resolved here. Literal private addresses are still refused."""
+    port, proxy = receiver
+    settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+    settings.GATEWAY_WEBHOOK_PROXY = f"http://127.0.0.1:{port}"
+    real_getaddrinfo = socket.getaddrinfo
+    resolved: list[str] = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        resolved.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    tenant = TenantFactory(alert_webhook_url="http://hooks.example.com/budget")
+    alert = _record(tenant)
+    assert alert.webhook_sent_at is not None
+    assert proxy.hits == [("http://hooks.example.com/budget", "hooks.example.com")]
+    assert "hooks.example.com" not in resolved
+    blocked = TenantFactory(alert_webhook_url="http://10.0.0.7/budget")
+    assert _record(blocked).webhook_sent_at is None
+    assert len(proxy.hits) == 1
