@@ -195,9 +195,9 @@ class RedisStateStore(StateStore):
         if scope == "key":
             base = f"{base}:k:{scope_id}"
         return ScopeKeys(
-            requests=f"{base}:rpm",
-            tokens=f"{base}:tpm",
-            token_counts=f"{base}:tpm:n",
+            requests=f"{base}:rpm:b",
+            tokens=f"{base}:tpm:b",
+            token_counts=f"{base}:win:tickets",
             token_total=f"{base}:tpm:sum",
             slots=f"{base}:slots",
             spend=f"{base}:spend:{period_key}",
