@@ -88,6 +88,7 @@ MIDDLEWARE = [
 INFERENCE_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "gateway_project.middleware.InferenceErrorShapeMiddleware",
+    "gateway_project.middleware.UnauthenticatedLimitMiddleware",
 ]
 # HTTP paths served by that handler (a prefix ending in "/" covers its subtree; otherwise the
 # exact path, with or without a trailing slash).
@@ -219,6 +220,18 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 GATEWAY_BODY_READ_TIMEOUT_S = env_float("GATEWAY_BODY_READ_TIMEOUT_S", 30.0)
 GATEWAY_BODY_MIN_RATE_BYTES = env_int("GATEWAY_BODY_MIN_RATE_BYTES", 1024)
 GATEWAY_BODY_MIN_RATE_GRACE_S = env_float("GATEWAY_BODY_MIN_RATE_GRACE_S", 5.0)
+# Key policy caches per process (bounded LRUs): keys that exist, and keys that do not (so that
+# random keys neither reach the database each time nor push valid keys out).
+GATEWAY_KEY_CACHE_SIZE = env_int("GATEWAY_KEY_CACHE_SIZE", 100_000)
+GATEWAY_NEGATIVE_KEY_CACHE_SIZE = env_int("GATEWAY_NEGATIVE_KEY_CACHE_SIZE", 10_000)
+# Unauthenticated traffic per client address: after this many 401s in a minute, requests from
+# that address with a key not known to the process get 429 until the minute ends (0 = off).
+GATEWAY_UNAUTH_PER_IP_PER_MINUTE = env_int("GATEWAY_UNAUTH_PER_IP_PER_MINUTE", 20)
+# Websocket, before and after authentication (gateway_project.ws_guard, docs/security.md).
+GATEWAY_WS_PREAUTH_MAX_MESSAGES = env_int("GATEWAY_WS_PREAUTH_MAX_MESSAGES", 4)
+GATEWAY_WS_PREAUTH_MAX_BYTES = env_int("GATEWAY_WS_PREAUTH_MAX_BYTES", 16 * 1024)
+GATEWAY_WS_MAX_MESSAGE_BYTES = env_int("GATEWAY_WS_MAX_MESSAGE_BYTES", GATEWAY_MAX_BODY_BYTES)
+GATEWAY_WS_MAX_JSON_DEPTH = env_int("GATEWAY_WS_MAX_JSON_DEPTH", 64)
 GATEWAY_KEY_PREFIX = env_str("GATEWAY_KEY_PREFIX", "gw-")
 GATEWAY_SNAPSHOT_TTL_SECONDS = env_float("GATEWAY_SNAPSHOT_TTL_SECONDS", 30.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)

@@ -184,5 +184,15 @@ class StateStore(abc.ABC):
     def config_version_bump(self) -> str:
         """Move the shared config version (sync: called from transaction.on_commit)."""
 
+    @abc.abstractmethod
+    async def unauth_hit(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        """Count one unauthenticated request from a client address in the current fixed
+        window of `window_ms`; returns (count in this window, ms until it ends)."""
+
+    @abc.abstractmethod
+    async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        """(unauthenticated requests from the address in the current window, ms until it
+        ends), without counting."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (tests, shutdown)."""

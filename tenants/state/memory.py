@@ -373,6 +373,24 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return self._data.int_get(keys.spend, _now_ms())
 
+    def _unauth_key(self, client: str, window_ms: int, now: int) -> tuple[str, int]:
+        index, left = divmod(now, window_ms)
+        return f"unauth:{client}:{index}", window_ms - left
+
+    async def unauth_hit(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        with self._lock:
+            now = _now_ms()
+            key, left = self._unauth_key(client, window_ms, now)
+            count = self._data.int_add(key, 1, now)
+            self._data.expire(key, left + 1000, now)
+            return count, left
+
+    async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        with self._lock:
+            now = _now_ms()
+            key, left = self._unauth_key(client, window_ms, now)
+            return self._data.int_get(key, now) or 0, left
+
     async def config_version_get(self) -> str:
         return self._version
 
