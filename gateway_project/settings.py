@@ -128,7 +128,17 @@ else:
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": 1,
             "max_size": env_int("DATABASE_POOL_MAX", 10),
+            # How long a query waits for a pooled connection (psycopg's default is 30 s: in a
+            # database outage every request would hang that long before its 503).
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
         }
+    # libpq's connect timeout (whole seconds, 2 at least) and an optional statement timeout.
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 2)
+    )
+    _statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0)
+    if _statement_timeout_ms > 0:
+        DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_statement_timeout_ms}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "")
@@ -227,6 +237,13 @@ GATEWAY_NEGATIVE_KEY_CACHE_SIZE = env_int("GATEWAY_NEGATIVE_KEY_CACHE_SIZE", 10_
 # Unauthenticated traffic per client address: after this many 401s in a minute, requests from
 # that address with a key not known to the process get 429 until the minute ends (0 = off).
 GATEWAY_UNAUTH_PER_IP_PER_MINUTE = env_int("GATEWAY_UNAUTH_PER_IP_PER_MINUTE", 20)
+# PostgreSQL outage (docs/security.md): key policies and the routing snapshot are served from
+# the last good copy up to this many seconds after it was loaded while the database cannot be
+# read; after a failed read the database is tried again at most every GATEWAY_DB_RETRY_SECONDS.
+GATEWAY_STALE_MAX_SECONDS = env_float("GATEWAY_STALE_MAX_SECONDS", 900.0)
+GATEWAY_DB_RETRY_SECONDS = env_float("GATEWAY_DB_RETRY_SECONDS", 1.0)
+# /health/ready answers within this many seconds, naming the dependency that did not answer.
+GATEWAY_READY_TIMEOUT_SECONDS = env_float("GATEWAY_READY_TIMEOUT_SECONDS", 0.9)
 # Websocket, before and after authentication (gateway_project.ws_guard, docs/security.md).
 GATEWAY_WS_PREAUTH_MAX_MESSAGES = env_int("GATEWAY_WS_PREAUTH_MAX_MESSAGES", 4)
 GATEWAY_WS_PREAUTH_MAX_BYTES = env_int("GATEWAY_WS_PREAUTH_MAX_BYTES", 16 * 1024)

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import Error as DbError
 
 logger = logging.getLogger("gateway.asgi")
 
@@ -122,4 +123,15 @@ class WebsocketGuard:
                     continue
                 return message
 
-        await self.app(scope, guarded_receive, guarded_send)
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except DbError as exc:
+            # A key lookup with the database down and no cached copy (tenants.outage).
+            logger.warning("ws.database_unavailable", extra={"error_class": type(exc).__name__})
+            if state["accepted"] and not state["closed"]:
+                frame = _error_frame(
+                    "The gateway cannot reach its database; retry shortly",
+                    "database_unavailable",
+                )
+                await send(frame)
+                await send({"type": "websocket.close", "code": 1011})

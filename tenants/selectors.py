@@ -4,15 +4,21 @@ backstop."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.db import Error as DbError
 from django.db.models import QuerySet
 
 from tenants.keys import api_key_hash
 from tenants.models import ApiKey, BudgetAlert, Tenant
+from tenants.outage import database_outage
 from tenants.policy import KeyPolicy, LimitPolicy
+
+logger = logging.getLogger("gateway.tenants")
 
 # Two bounded LRU caches, so that unknown keys (a client trying random keys) can never push
 # valid keys out: key hash -> (policy, loaded at monotonic seconds) for keys that exist, and
@@ -90,11 +96,49 @@ async def api_key_policy_get(*, raw_key: str) -> KeyPolicy | None:
         checked_at = _negative_cache.get(key_hash)
         if checked_at is not None and now - checked_at < _NEGATIVE_TTL_S:
             return None
+    if database_outage.down:
+        # Known keys are served from the cache (stale, up to GATEWAY_STALE_MAX_SECONDS since
+        # they were loaded), unknown ones fail at once (503); a background probe (this key's
+        # read) finds out when the database is back.
+        database_outage.probe(lambda: _policy_refresh(key_hash))
+        return _stale_or_raise(cached, now, None)
     generation = _cache_generation
-    policy = await api_key_policy_load(key_hash=key_hash)
+    try:
+        policy = await api_key_policy_load(key_hash=key_hash)
+    except DbError as exc:
+        database_outage.failed(exc)
+        return _stale_or_raise(cached, now, exc)
     if generation == _cache_generation:
         _cache_put(key_hash, policy, now)
     return policy
+
+
+async def _policy_refresh(key_hash: str) -> None:
+    generation, now = _cache_generation, time.monotonic()
+    policy = await api_key_policy_load(key_hash=key_hash)
+    if generation == _cache_generation:
+        _cache_put(key_hash, policy, now)
+
+
+def _stale_or_raise(
+    cached: tuple[KeyPolicy, float] | None, now: float, error: Exception | None
+) -> KeyPolicy:
+    """While the database cannot be read: the last policy loaded for a known key, if it is
+    not older than GATEWAY_STALE_MAX_SECONDS; otherwise the database error (answered 503)."""
+    if cached is not None and now - cached[1] < settings.GATEWAY_STALE_MAX_SECONDS:
+        if error is not None:
+            logger.warning(
+                "key_policy.reload_failed",
+                extra={"error_class": type(error).__name__, "serving_stale": True},
+            )
+        return cached[0]
+    if error is not None:
+        logger.warning(
+            "key_policy.reload_failed",
+            extra={"error_class": type(error).__name__, "serving_stale": False},
+        )
+        raise error
+    raise DatabaseError("key lookup unavailable: the database did not answer (retrying)")
 
 
 def _cache_put(key_hash: str, policy: KeyPolicy | None, now: float) -> None:
@@ -118,6 +162,8 @@ def api_key_policy_cached(*, raw_key: str) -> KeyPolicy | None:
 
 
 def policy_cache_clear() -> None:
+    """Forget every cached policy (a config change): revocations win over availability, so a
+    change seen during a database outage leaves no stale fallback for the keys."""
     global _cache_generation
     _cache_generation += 1
     _policy_cache.clear()
