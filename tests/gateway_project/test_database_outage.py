@@ -182,3 +182,25 @@ def test_database_cut_mid_run_keeps_cached_keys_working_and_answers_503_fast(
             time.sleep(0.2)
         assert status == 200
         assert client.get("/health/ready").status_code == 200
+
+
+def test_past_the_staleness_bound_a_cached_key_is_refused_with_503_too(
+    live_gateway, outage_catalog, proxy
+):
+    cached_raw, _other = outage_catalog
+    url = database_url_of_tests().replace(f"{POSTGRES[0]}:{POSTGRES[1]}", f"127.0.0.1:{proxy.port}")
+    env = {
+        "DATABASE_URL": url,
+        "GATEWAY_SNAPSHOT_TTL_SECONDS": "0.3",
+        "GATEWAY_STALE_MAX_SECONDS": "1",
+        "GATEWAY_DB_RETRY_SECONDS": "0.2",
+    }
+    with live_gateway(env=env) as base, httpx.Client(base_url=base, timeout=10) as client:
+        auth = {"authorization": f"Bearer {cached_raw}"}
+        for _ in range(2):
+            assert client.post("/v1/chat/completions", json=HELLO, headers=auth).status_code == 200
+        proxy.cut()
+        time.sleep(1.2)  # the copies loaded before the cut are now older than the bound
+        response = client.post("/v1/chat/completions", json=HELLO, headers=auth)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "database_unavailable"

@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.live_server_process
 
 SLOW_ENV = {
-    "GATEWAY_BODY_READ_TIMEOUT_S": "2",
+    "GATEWAY_BODY_READ_TIMEOUT_S": "4",
     "GATEWAY_BODY_MIN_RATE_BYTES": "1024",
     "GATEWAY_BODY_MIN_RATE_GRACE_S": "0.5",
 }
@@ -87,8 +87,8 @@ def test_a_body_below_the_minimum_rate_is_cut_with_408_and_the_connection_closed
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert "connection: close" in head
     assert closed
-    # Cut by the rate floor (after its grace), well before the total deadline would.
-    assert 0.5 <= elapsed < 2.0
+    # Cut by the rate floor (after its grace, at about 1 s), well before the total deadline.
+    assert 0.5 <= elapsed < 3.0
 
 
 def test_a_body_at_a_fair_rate_is_still_cut_at_the_total_deadline(live_gateway):
@@ -104,7 +104,7 @@ def test_a_body_at_a_fair_rate_is_still_cut_at_the_total_deadline(live_gateway):
     status, body, _ = _status_and_body(raw)
     assert status == 408 and body["error"]["type"] == "invalid_request_error"
     assert closed
-    assert elapsed >= 2.0  # not before the deadline
+    assert elapsed >= 3.9  # not before the deadline (the server started counting first)
 
 
 def test_an_honest_body_sent_in_parts_is_read(live_gateway):
