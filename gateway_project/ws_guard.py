@@ -9,6 +9,9 @@ incoming message before a consumer sees it:
   `GATEWAY_WS_PREAUTH_MAX_MESSAGES` messages of at most `GATEWAY_WS_PREAUTH_MAX_BYTES` each;
   beyond either, an error message and close 1008 (policy violation);
 - after it: messages of at most `GATEWAY_WS_MAX_MESSAGE_BYTES` (close 1009, message too big);
+- an address past its limit of authentication failures (tenants.unauth, shared with HTTP) has
+  its handshake refused unless its header carries a key the process knows; every
+  authentication error the consumer sends before `auth_ok` counts as one failure;
 - JSON nested deeper than `GATEWAY_WS_MAX_JSON_DEPTH` is answered with an error message and
   never reaches the consumer (whose JSON decoder would raise RecursionError and drop the
   connection with a traceback); the connection stays open.
@@ -25,6 +28,9 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import Error as DbError
+
+from tenants.keys import api_key_from_headers
+from tenants.unauth import unauth_failure_note, unauth_refusal
 
 logger = logging.getLogger("gateway.asgi")
 
@@ -62,6 +68,20 @@ class WebsocketGuard:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         state = {"accepted": False, "authenticated": False, "pre_auth": 0, "closed": False}
+        client = (scope.get("client") or ("",))[0] or ""
+        headers = dict(scope.get("headers") or ())
+        raw_key = api_key_from_headers(
+            headers.get(b"authorization", b"").decode("latin-1") or None,
+            headers.get(b"x-api-key", b"").decode("latin-1") or None,
+        )
+        if await unauth_refusal(client=client, raw_key=raw_key) is not None:
+            # Too many authentication failures from this address this minute (tenants.unauth):
+            # the handshake is refused (HTTP 403) before a consumer exists.
+            logger.warning("ws.guard_refused", extra={"code": "too_many_unauthenticated"})
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
+            return
 
         async def guarded_send(message: dict[str, Any]) -> None:
             kind = message["type"]
@@ -73,6 +93,8 @@ class WebsocketGuard:
                 text = message.get("text") or ""
                 if '"auth_ok"' in text:
                     state["authenticated"] = True
+                elif '"authentication_error"' in text:
+                    await unauth_failure_note(client=client)
             await send(message)
 
         async def refuse(message: str, code: str, close_code: int) -> dict[str, Any]:

@@ -101,3 +101,45 @@ async def test_after_authentication_frames_are_capped_and_depth_still_checked(li
 )
 def test_json_depth_is_measured_without_parsing(text, too_deep):
     assert json_depth_exceeds(text, 64) is too_deep
+
+
+async def test_an_address_with_too_many_auth_failures_is_refused_at_the_handshake(settings):
+    from tenants.state import state_store_set
+    from tenants.state.memory import MemoryStateStore
+    from tenants.unauth import unauth_suspects_clear
+
+    settings.GATEWAY_UNAUTH_PER_IP_PER_MINUTE = 2
+    state_store_set(MemoryStateStore())
+    unauth_suspects_clear()
+    _tenant, _key, raw = await sync_to_async(tenant_key)()
+
+    def communicator_for(key: str) -> WebsocketCommunicator:
+        communicator = WebsocketCommunicator(
+            application, "/ws/v1/chat", headers=[(b"authorization", f"Bearer {key}".encode())]
+        )
+        communicator.scope["client"] = ("203.0.113.8", 40000)
+        return communicator
+
+    try:
+        # A valid key first: known to the process from now on.
+        known = communicator_for(raw)
+        assert (await known.connect(timeout=TIMEOUT))[0]
+        assert (await known.receive_json_from(timeout=TIMEOUT))["type"] == "auth_ok"
+        await known.disconnect()
+        for n in range(2):
+            bad = communicator_for(f"gw-bad-{n}")
+            assert (await bad.connect(timeout=TIMEOUT))[0]
+            error = await bad.receive_json_from(timeout=TIMEOUT)
+            assert error["error"]["type"] == "authentication_error"
+            await bad.disconnect()
+        refused = communicator_for("gw-bad-again")
+        connected, code = await refused.connect(timeout=TIMEOUT)
+        assert not connected and code == 1008
+        # The known key still gets in from that address.
+        again = communicator_for(raw)
+        assert (await again.connect(timeout=TIMEOUT))[0]
+        assert (await again.receive_json_from(timeout=TIMEOUT))["type"] == "auth_ok"
+        await again.disconnect()
+    finally:
+        unauth_suspects_clear()
+        state_store_set(None)
