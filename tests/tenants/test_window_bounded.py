@@ -148,6 +148,10 @@ def test_admission_work_is_the_same_with_100k_entries_in_the_window_as_with_ten(
         assert full_calls < 60 and full_elements < 6 * (WINDOW_BUCKETS + 4), name
 
 
+def test_both_stores_use_the_same_number_of_buckets():
+    assert f"local BUCKETS = {WINDOW_BUCKETS} " in (_LUA_DIR / "admit.lua").read_text()
+
+
 def test_the_in_process_store_keeps_100k_entries_in_a_bounded_window():
     store = MemoryStateStore()
     scope = _scope(store, rpm=10**9, tpm=FILL + 5)

@@ -21,6 +21,7 @@
 -- newest bucket written). An entry counts from its admission until its bucket's end plus a
 -- whole window: never less than the window (no overshoot), at most one bucket more. A window
 -- never holds more than BUCKETS + 2 buckets; a walk or a trim touches at most those.
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ticket = ARGV[1]
@@ -63,7 +64,7 @@ if #missing > 0 then
   return out
 end
 
-local BUCKETS = 60
+local BUCKETS = 60  -- = tenants.state.base.WINDOW_BUCKETS (the in-process store's)
 local width = math.max(1, math.ceil(window / BUCKETS))
 local cur = math.floor(now / width)
 -- The oldest live bucket: b is live while (b + 1) * width + window > now.
