@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
+# Per worker: connections + in-flight tasks before uvicorn answers 503 (docs/asgi.md), and the
+# largest websocket message accepted (the gateway checks its own, smaller, pre-auth limits).
+LIMIT_CONCURRENCY ?= 1000
+WS_MAX_SIZE ?= 4194304
 
 .PHONY: install run serve serve-preflight test lint format migrate worker beat bench clean
 
@@ -41,7 +45,8 @@ serve-preflight:
 
 serve: serve-preflight migrate
 	$(BIN)/python -m uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --loop uvloop --http httptools --no-access-log --lifespan on
+		--workers $(WORKERS) --loop uvloop --http httptools --no-access-log --lifespan on \
+		--limit-concurrency $(LIMIT_CONCURRENCY) --timeout-keep-alive 5 --ws-max-size $(WS_MAX_SIZE)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

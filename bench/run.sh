@@ -125,7 +125,8 @@ started_pids+=($!)
 
 # The `make serve` command (see Makefile), with the bench's host, port and workers.
 SERVE_CMD=("$PY" -m uvicorn gateway_project.asgi:application --host 127.0.0.1 --port "$GW_PORT"
-    --workers "$GW_WORKERS" --loop uvloop --http httptools --no-access-log --lifespan on)
+    --workers "$GW_WORKERS" --loop uvloop --http httptools --no-access-log --lifespan on
+    --limit-concurrency 1000 --timeout-keep-alive 5 --ws-max-size 4194304)
 log "gateway: ${SERVE_CMD[*]}"
 (cd "$ROOT" && exec env "${GW_ENV[@]}" "${SERVE_CMD[@]}" >"$RUN/gateway.log" 2>&1) &
 GW_PID=$!

@@ -28,6 +28,7 @@ if settings.GATEWAY_SERVE_STATIC:
     stock_http = ASGIStaticFilesHandler(stock_http)
 
 from gateway_project.fast_asgi import InferenceASGIHandler, Receive, Scope, Send  # noqa: E402
+from gateway_project.ws_guard import WebsocketGuard  # noqa: E402
 from providers.adapters.base import adapters_close  # noqa: E402
 from providers.http import http_clients_close  # noqa: E402
 from routing.ws_urls import websocket_urlpatterns  # noqa: E402
@@ -118,6 +119,6 @@ inference_http = InferenceASGIHandler()
 application = GatewayApplication(
     inference_http=inference_http,
     stock_http=stock_http,
-    websocket=URLRouter(websocket_urlpatterns),
+    websocket=WebsocketGuard(URLRouter(websocket_urlpatterns)),
     inference_paths=settings.INFERENCE_PATHS,
 )

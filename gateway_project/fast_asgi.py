@@ -24,7 +24,9 @@ middleware chain, the Ninja views, the client-disconnect listener - and drops th
   switches the handler back to sending them on every request, the stock way (see
   `_SignalPolicy`);
 * the request body is read into memory and capped at `GATEWAY_MAX_BODY_BYTES`: a bigger body is
-  refused with 413 before it is read, instead of being spooled to disk;
+  refused with 413 before it is read, instead of being spooled to disk; a body that arrives
+  too slowly (past `GATEWAY_BODY_READ_TIMEOUT_S`, or below `GATEWAY_BODY_MIN_RATE_BYTES` per
+  second after `GATEWAY_BODY_MIN_RATE_GRACE_S`) is cut with 408 and the connection closed;
 * the view runs in the server's own task; a small listener task cancels it when the client goes
   away, which cancels the upstream call (and the iteration of a streaming response).
 
@@ -196,6 +198,9 @@ class InferenceASGIHandler(ASGIHandler):
                 self._hsts += "; includeSubDomains"
             if settings.SECURE_HSTS_PRELOAD:
                 self._hsts += "; preload"
+        self.body_timeout_s: float = settings.GATEWAY_BODY_READ_TIMEOUT_S
+        self.body_min_rate: int = settings.GATEWAY_BODY_MIN_RATE_BYTES
+        self.body_rate_grace_s: float = settings.GATEWAY_BODY_MIN_RATE_GRACE_S
         self.signal_policy = _SignalPolicy()
         self.orm = OrmConnections()
 
@@ -307,8 +312,13 @@ class InferenceASGIHandler(ASGIHandler):
 
     # -- request and response ----------------------------------------------------------
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> io.BytesIO | None:
-        """The whole body in memory, or None when the request was answered (413) or the
-        client left before sending it."""
+        """The whole body in memory, or None when the request was answered (413, 408) or the
+        client left before sending it.
+
+        Slowloris: the body must be complete within `body_timeout_s`, and after a grace of
+        `body_rate_grace_s` it must keep up `body_min_rate` bytes per second on average (a
+        client that sent `size` bytes may wait until `grace + size / rate` seconds after the
+        start). A body that falls behind is answered 408 and its connection closed."""
         limit = self.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -317,45 +327,72 @@ class InferenceASGIHandler(ASGIHandler):
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    await self._too_large(send)
+                    await self._refuse_body(send, 413)
                     return None
                 break
         parts: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.body_timeout_s
         while True:
-            message = await receive()
+            wait = deadline - loop.time()
+            if self.body_min_rate > 0:
+                rate_deadline = started + self.body_rate_grace_s + size / self.body_min_rate
+                wait = min(wait, rate_deadline - loop.time())
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    message = await receive()
+            except TimeoutError:
+                logger.warning(
+                    "asgi.body_read_timeout",
+                    extra={
+                        "path": scope.get("path", ""),
+                        "received_bytes": size,
+                        "elapsed_s": round(loop.time() - started, 3),
+                    },
+                )
+                await self._refuse_body(send, 408)
+                return None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    await self._too_large(send)
+                    await self._refuse_body(send, 413)
                     return None
                 parts.append(chunk)
             if not message.get("more_body", False):
                 break
         return io.BytesIO(parts[0] if len(parts) == 1 else b"".join(parts))
 
-    async def _too_large(self, send: Send) -> None:
+    async def _refuse_body(self, send: Send, status: int) -> None:
+        if status == 413:
+            message, code = "Request body too large", "request_too_large"
+        else:
+            message, code = "Request body not received in time", "request_timeout"
         body = orjson.dumps(
             {
                 "error": {
-                    "message": "Request body too large",
+                    "message": message,
                     "type": "invalid_request_error",
                     "param": None,
-                    "code": "request_too_large",
+                    "code": code,
                 }
             }
         )
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", new_request_id().encode()),
+                    # The rest of the body is never read: the connection cannot be reused.
                     (b"connection", b"close"),
                     *((name, value) for name, _, value in self._security_headers),
                 ],

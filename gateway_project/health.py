@@ -1,6 +1,10 @@
-"""Liveness and readiness. Readiness checks the database and, when configured, Redis."""
+"""Liveness and readiness. Readiness checks the database and, when configured, Redis, both at
+once, and answers within GATEWAY_READY_TIMEOUT_SECONDS whatever they do: a check that has not
+answered by then counts as down (`"database": "down"`, with `"reasons"` saying why)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -13,35 +17,47 @@ async def liveness(request):
 
 
 def _database_ok() -> bool:
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return True
-    except Exception:  # noqa: BLE001 - any failure means not ready
-        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return True
 
 
-async def _redis_ok() -> bool | None:
-    if not settings.REDIS_URL:
-        return None
+async def _redis_ok(limit_s: float) -> bool:
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = aioredis.from_url(
+        settings.REDIS_URL, socket_timeout=limit_s, socket_connect_timeout=limit_s
+    )
     try:
         return bool(await client.ping())
-    except Exception:  # noqa: BLE001
-        return False
     finally:
         await client.aclose()
 
 
+async def _check(check, limit_s: float) -> tuple[str, str | None]:
+    try:
+        async with asyncio.timeout(limit_s):
+            return ("ok", None) if await check else ("down", "check failed")
+    except TimeoutError:
+        return "down", f"no answer within {limit_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return "down", type(exc).__name__
+
+
 async def readiness(request):
-    database = await sync_to_async(_database_ok)()
-    redis_state = await _redis_ok()
-    checks = {"database": "ok" if database else "down"}
-    if redis_state is not None:
-        checks["redis"] = "ok" if redis_state else "down"
+    timeout = settings.GATEWAY_READY_TIMEOUT_SECONDS
+    names = ["database"]
+    # The check's thread may stay blocked on a dead database after the timeout; the answer
+    # does not wait for it.
+    checks_to_run = [_check(sync_to_async(_database_ok)(), timeout)]
+    if settings.REDIS_URL:
+        names.append("redis")
+        checks_to_run.append(_check(_redis_ok(timeout), timeout))
+    results = await asyncio.gather(*checks_to_run)
+    checks = {name: state for name, (state, _) in zip(names, results, strict=True)}
+    reasons = {name: reason for name, (_, reason) in zip(names, results, strict=True) if reason}
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-    )
+    body: dict = {"status": "ok" if ready else "unavailable", "checks": checks}
+    if reasons:
+        body["reasons"] = reasons
+    return JsonResponse(body, status=200 if ready else 503)

@@ -83,3 +83,52 @@ class InferenceErrorShapeMiddleware:
         if response.has_header("Allow"):
             replaced["Allow"] = response["Allow"]
         return replaced
+
+
+class UnauthenticatedLimitMiddleware:
+    """Refuses (429) requests from a client address that had too many 401s this minute,
+    before the key is looked up; counts every 401 answered (tenants.unauth)."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        from django.conf import settings
+        from django.core.exceptions import MiddlewareNotUsed
+
+        if settings.GATEWAY_UNAUTH_PER_IP_PER_MINUTE <= 0:
+            raise MiddlewareNotUsed
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        from tenants.keys import api_key_from_headers
+        from tenants.unauth import unauth_failure_note, unauth_refusal
+
+        client = request.META.get("REMOTE_ADDR") or ""
+        raw_key = api_key_from_headers(
+            request.META.get("HTTP_AUTHORIZATION"), request.META.get("HTTP_X_API_KEY")
+        )
+        wait_ms = await unauth_refusal(client=client, raw_key=raw_key)
+        if wait_ms is not None:
+            response = HttpResponse(
+                orjson.dumps(
+                    {
+                        "error": {
+                            "message": "Too many requests with a missing or invalid API key "
+                            "from this address; try again later",
+                            "type": "rate_limit_error",
+                            "param": None,
+                            "code": "too_many_unauthenticated_requests",
+                        }
+                    }
+                ),
+                status=429,
+                content_type="application/json",
+            )
+            response["Retry-After"] = str(max(1, -(-wait_ms // 1000)))
+            return response
+        response = await self.get_response(request)
+        if response.status_code == 401:
+            await unauth_failure_note(client=client)
+        return response

@@ -168,6 +168,7 @@ MIDDLEWARE = [
 INFERENCE_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "gateway_project.middleware.InferenceErrorShapeMiddleware",
+    "gateway_project.middleware.UnauthenticatedLimitMiddleware",
 ]
 # Security headers the inference handler adds to every answer (precomputed there; the stock
 # chain gets the same from SecurityMiddleware and XFrameOptionsMiddleware). HSTS is added
@@ -248,7 +249,17 @@ else:
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": 1,
             "max_size": env_int("DATABASE_POOL_MAX", 10),
+            # How long a query waits for a pooled connection (psycopg's default is 30 s: in a
+            # database outage every request would hang that long before its 503).
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
         }
+    # libpq's connect timeout (whole seconds, 2 at least) and an optional statement timeout.
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 2)
+    )
+    _statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0)
+    if _statement_timeout_ms > 0:
+        DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_statement_timeout_ms}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "")
@@ -363,6 +374,31 @@ SPECTACULAR_SETTINGS = {
 # Gateway knobs.
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# Slowloris on the inference paths (see docs/asgi.md): a request body must arrive within
+# GATEWAY_BODY_READ_TIMEOUT_S and, after a grace, at GATEWAY_BODY_MIN_RATE_BYTES per second on
+# average (0 = no rate floor); otherwise 408 and the connection is closed.
+GATEWAY_BODY_READ_TIMEOUT_S = env_float("GATEWAY_BODY_READ_TIMEOUT_S", 30.0)
+GATEWAY_BODY_MIN_RATE_BYTES = env_int("GATEWAY_BODY_MIN_RATE_BYTES", 1024)
+GATEWAY_BODY_MIN_RATE_GRACE_S = env_float("GATEWAY_BODY_MIN_RATE_GRACE_S", 5.0)
+# Key policy caches per process (bounded LRUs): keys that exist, and keys that do not (so that
+# random keys neither reach the database each time nor push valid keys out).
+GATEWAY_KEY_CACHE_SIZE = env_int("GATEWAY_KEY_CACHE_SIZE", 100_000)
+GATEWAY_NEGATIVE_KEY_CACHE_SIZE = env_int("GATEWAY_NEGATIVE_KEY_CACHE_SIZE", 10_000)
+# Unauthenticated traffic per client address: after this many 401s in a minute, requests from
+# that address with a key not known to the process get 429 until the minute ends (0 = off).
+GATEWAY_UNAUTH_PER_IP_PER_MINUTE = env_int("GATEWAY_UNAUTH_PER_IP_PER_MINUTE", 20)
+# PostgreSQL outage (docs/security.md): key policies and the routing snapshot are served from
+# the last good copy up to this many seconds after it was loaded while the database cannot be
+# read; after a failed read the database is tried again at most every GATEWAY_DB_RETRY_SECONDS.
+GATEWAY_STALE_MAX_SECONDS = env_float("GATEWAY_STALE_MAX_SECONDS", 900.0)
+GATEWAY_DB_RETRY_SECONDS = env_float("GATEWAY_DB_RETRY_SECONDS", 1.0)
+# /health/ready answers within this many seconds, naming the dependency that did not answer.
+GATEWAY_READY_TIMEOUT_SECONDS = env_float("GATEWAY_READY_TIMEOUT_SECONDS", 0.9)
+# Websocket, before and after authentication (gateway_project.ws_guard, docs/security.md).
+GATEWAY_WS_PREAUTH_MAX_MESSAGES = env_int("GATEWAY_WS_PREAUTH_MAX_MESSAGES", 4)
+GATEWAY_WS_PREAUTH_MAX_BYTES = env_int("GATEWAY_WS_PREAUTH_MAX_BYTES", 16 * 1024)
+GATEWAY_WS_MAX_MESSAGE_BYTES = env_int("GATEWAY_WS_MAX_MESSAGE_BYTES", GATEWAY_MAX_BODY_BYTES)
+GATEWAY_WS_MAX_JSON_DEPTH = env_int("GATEWAY_WS_MAX_JSON_DEPTH", 64)
 GATEWAY_KEY_PREFIX = env_str("GATEWAY_KEY_PREFIX", "gw-")
 GATEWAY_SNAPSHOT_TTL_SECONDS = env_float("GATEWAY_SNAPSHOT_TTL_SECONDS", 30.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)

@@ -3,7 +3,10 @@ from django.urls import include, path
 
 from gateway_project import health
 from gateway_project.metrics import metrics_view
+from gateway_project.outage import inference_outage_handlers_install
 from routing.api import api as inference_api
+
+inference_outage_handlers_install(inference_api)
 
 urlpatterns = [
     path("health", health.liveness),

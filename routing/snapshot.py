@@ -4,14 +4,18 @@ Loaded once, swapped atomically, dropped when the shared config version moves.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.db import Error as DbError
 
 from providers.adapters.base import ProviderConfig
 from providers.catalog import Catalog, ModelEntry, catalog_aload
 from routing.models import Route, RouteStep
+from tenants.outage import database_outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +86,61 @@ async def _load() -> GatewaySnapshot:
 
 _current: GatewaySnapshot | None = None
 _lock: asyncio.Lock | None = None
+# The last snapshot that loaded, kept through invalidations: served (up to
+# GATEWAY_STALE_MAX_SECONDS old) while the database cannot be read, so that a PostgreSQL outage
+# does not take the routes down with it (tenants.outage: after a failed read, requests stop
+# waiting for the database and a background probe finds out when it is back).
+_last_good: GatewaySnapshot | None = None
+
+logger = logging.getLogger("gateway.routing")
+
+
+def _stale_or_raise(now: float, error: Exception | None) -> GatewaySnapshot:
+    last = _last_good
+    if last is not None and now - last.loaded_at < settings.GATEWAY_STALE_MAX_SECONDS:
+        if error is not None:
+            logger.warning(
+                "snapshot.reload_failed",
+                extra={
+                    "error_class": type(error).__name__,
+                    "serving_stale": True,
+                    "stale_age_s": round(now - last.loaded_at, 1),
+                },
+            )
+        return last
+    if error is not None:
+        logger.warning(
+            "snapshot.reload_failed",
+            extra={"error_class": type(error).__name__, "serving_stale": False},
+        )
+        raise error
+    raise DatabaseError("catalog unavailable: the database did not answer (retrying)")
+
+
+async def _load_and_keep() -> GatewaySnapshot:
+    global _current, _last_good
+    loaded = await _load()
+    _current = _last_good = loaded
+    return loaded
+
+
+async def _reload(snapshot: GatewaySnapshot | None) -> GatewaySnapshot:
+    """Load a fresh snapshot unless another task did meanwhile; while the database is down,
+    the last good one (bounded staleness) or a database error (answered 503)."""
+    if _current is not snapshot and _current is not None:
+        return _current
+    if database_outage.down:
+        database_outage.probe(_load_and_keep)
+        return _stale_or_raise(time.monotonic(), None)
+    try:
+        return await _load_and_keep()
+    except DbError as exc:
+        database_outage.failed(exc)
+        return _stale_or_raise(time.monotonic(), exc)
 
 
 async def snapshot_get() -> GatewaySnapshot:
-    global _current, _lock
+    global _lock
     snapshot = _current
     if snapshot is not None and (
         time.monotonic() - snapshot.loaded_at < settings.GATEWAY_SNAPSHOT_TTL_SECONDS
@@ -95,16 +150,19 @@ async def snapshot_get() -> GatewaySnapshot:
         _lock = asyncio.Lock()
     try:
         async with _lock:
-            if _current is snapshot or _current is None:
-                _current = await _load()
-            return _current
+            return await _reload(snapshot)
     except RuntimeError:
         # A lock bound to another event loop (tests start several loops): load without it.
         _lock = None
-        _current = await _load()
-        return _current
+        return await _reload(snapshot)
 
 
 def snapshot_invalidate() -> None:
     global _current
     _current = None
+
+
+def snapshot_forget() -> None:
+    """Drop the last good snapshot too (tests)."""
+    global _current, _last_good
+    _current = _last_good = None

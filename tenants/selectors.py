@@ -4,22 +4,31 @@ backstop."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.db import Error as DbError
 from django.db.models import QuerySet
 
 from tenants.keys import api_key_hash
 from tenants.models import ApiKey, BudgetAlert, Tenant
+from tenants.outage import database_outage
 from tenants.policy import KeyPolicy, LimitPolicy
 
-# key hash -> (policy or None for unknown keys, loaded at monotonic seconds)
-_policy_cache: dict[str, tuple[KeyPolicy | None, float]] = {}
+logger = logging.getLogger("gateway.tenants")
+
+# Two bounded LRU caches, so that unknown keys (a client trying random keys) can never push
+# valid keys out: key hash -> (policy, loaded at monotonic seconds) for keys that exist, and
+# key hash -> checked at, for keys that do not (kept for a few seconds only).
+_policy_cache: OrderedDict[str, tuple[KeyPolicy, float]] = OrderedDict()
+_negative_cache: OrderedDict[str, float] = OrderedDict()
 # Bumped on every clear: a load that started before a clear must not refill the cache with
 # what it read before the change.
 _cache_generation = 0
 _NEGATIVE_TTL_S = 5.0
-_MAX_CACHED = 100_000
 
 
 def limit_policy_from(obj: Tenant | ApiKey) -> LimitPolicy:
@@ -80,23 +89,85 @@ async def api_key_policy_get(*, raw_key: str) -> KeyPolicy | None:
     now = time.monotonic()
     cached = _policy_cache.get(key_hash)
     if cached is not None:
-        policy, loaded_at = cached
-        ttl = settings.GATEWAY_SNAPSHOT_TTL_SECONDS if policy is not None else _NEGATIVE_TTL_S
-        if now - loaded_at < ttl:
-            return policy
+        if now - cached[1] < settings.GATEWAY_SNAPSHOT_TTL_SECONDS:
+            _policy_cache.move_to_end(key_hash)
+            return cached[0]
+    else:
+        checked_at = _negative_cache.get(key_hash)
+        if checked_at is not None and now - checked_at < _NEGATIVE_TTL_S:
+            return None
+    if database_outage.down:
+        # Known keys are served from the cache (stale, up to GATEWAY_STALE_MAX_SECONDS since
+        # they were loaded), unknown ones fail at once (503); a background probe (this key's
+        # read) finds out when the database is back.
+        database_outage.probe(lambda: _policy_refresh(key_hash))
+        return _stale_or_raise(cached, now, None)
     generation = _cache_generation
-    policy = await api_key_policy_load(key_hash=key_hash)
+    try:
+        policy = await api_key_policy_load(key_hash=key_hash)
+    except DbError as exc:
+        database_outage.failed(exc)
+        return _stale_or_raise(cached, now, exc)
     if generation == _cache_generation:
-        if len(_policy_cache) >= _MAX_CACHED:
-            _policy_cache.clear()
-        _policy_cache[key_hash] = (policy, now)
+        _cache_put(key_hash, policy, now)
     return policy
 
 
+async def _policy_refresh(key_hash: str) -> None:
+    generation, now = _cache_generation, time.monotonic()
+    policy = await api_key_policy_load(key_hash=key_hash)
+    if generation == _cache_generation:
+        _cache_put(key_hash, policy, now)
+
+
+def _stale_or_raise(
+    cached: tuple[KeyPolicy, float] | None, now: float, error: Exception | None
+) -> KeyPolicy:
+    """While the database cannot be read: the last policy loaded for a known key, if it is
+    not older than GATEWAY_STALE_MAX_SECONDS; otherwise the database error (answered 503)."""
+    if cached is not None and now - cached[1] < settings.GATEWAY_STALE_MAX_SECONDS:
+        if error is not None:
+            logger.warning(
+                "key_policy.reload_failed",
+                extra={"error_class": type(error).__name__, "serving_stale": True},
+            )
+        return cached[0]
+    if error is not None:
+        logger.warning(
+            "key_policy.reload_failed",
+            extra={"error_class": type(error).__name__, "serving_stale": False},
+        )
+        raise error
+    raise DatabaseError("key lookup unavailable: the database did not answer (retrying)")
+
+
+def _cache_put(key_hash: str, policy: KeyPolicy | None, now: float) -> None:
+    if policy is None:
+        _policy_cache.pop(key_hash, None)
+        cache, limit, value = _negative_cache, settings.GATEWAY_NEGATIVE_KEY_CACHE_SIZE, now
+    else:
+        _negative_cache.pop(key_hash, None)
+        cache, limit, value = _policy_cache, settings.GATEWAY_KEY_CACHE_SIZE, (policy, now)
+    cache[key_hash] = value
+    cache.move_to_end(key_hash)
+    while len(cache) > limit:
+        cache.popitem(last=False)  # the least recently used
+
+
+def api_key_policy_cached(*, raw_key: str) -> KeyPolicy | None:
+    """The cached policy of a key that exists (fresh or not), without any read: lets the
+    per-address limit of unauthenticated traffic wave known keys through."""
+    cached = _policy_cache.get(api_key_hash(raw_key))
+    return cached[0] if cached is not None else None
+
+
 def policy_cache_clear() -> None:
+    """Forget every cached policy (a config change): revocations win over availability, so a
+    change seen during a database outage leaves no stale fallback for the keys."""
     global _cache_generation
     _cache_generation += 1
     _policy_cache.clear()
+    _negative_cache.clear()
 
 
 # -- operator reads (admin, management API, commands) ---------------------------------------

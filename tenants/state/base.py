@@ -23,6 +23,16 @@ from enum import IntEnum
 
 RATE_WINDOW_MS = 60_000
 
+# Rate windows are bucketed (a fixed number of buckets per window) so that an admission's work
+# is bounded whatever a window holds. An entry counts from its admission until the end of its
+# bucket plus one whole window: never less than the window, at most one bucket width more.
+WINDOW_BUCKETS = 60
+
+
+def window_bucket_ms(window_ms: int) -> int:
+    """Width of one bucket of a window (1 s for the one-minute windows)."""
+    return max(1, -(-window_ms // WINDOW_BUCKETS))
+
 
 class DenialKind(IntEnum):
     BUDGET = 1
@@ -39,10 +49,10 @@ class ScopeKeys:
     one request (key scope, tenant scope, config version, usage stream) share a Redis Cluster
     slot and one script may touch them all."""
 
-    requests: str  # zset ticket -> admitted at (ms)
-    tokens: str  # zset ticket -> admitted at (ms)
-    token_counts: str  # hash ticket -> tokens counted
-    token_total: str  # int: sum of token_counts
+    requests: str  # bucketed window (hash): bucket -> requests, 'n' live total (see below)
+    tokens: str  # bucketed window (hash): bucket -> tokens, 'n' live total
+    token_counts: str  # hash ticket -> "bucket,ends_ms,tokens" until settlement
+    token_total: str  # unused since the windows are bucketed (kept: the layout stays put)
     slots: str  # zset ticket -> expires at (ms)
     spend: str  # int nano-USD spent in the period (missing = must be seeded)
     reservations: str  # hash ticket -> nano-USD reserved
@@ -173,6 +183,16 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def config_version_bump(self) -> str:
         """Move the shared config version (sync: called from transaction.on_commit)."""
+
+    @abc.abstractmethod
+    async def unauth_hit(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        """Count one unauthenticated request from a client address in the current fixed
+        window of `window_ms`; returns (count in this window, ms until it ends)."""
+
+    @abc.abstractmethod
+    async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        """(unauthenticated requests from the address in the current window, ms until it
+        ends), without counting."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (tests, shutdown)."""

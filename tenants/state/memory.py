@@ -21,6 +21,7 @@ from tenants.state.base import (
     SettleResult,
     SpendChange,
     StateStore,
+    window_bucket_ms,
 )
 
 
@@ -72,6 +73,19 @@ class _Data:
             self.expiry.pop(key, None)
 
 
+class _Window:
+    """The buckets of one admission's rate windows at `now` (see admit.lua)."""
+
+    __slots__ = ("now", "window", "width", "cur", "lo")
+
+    def __init__(self, now: int, window: int) -> None:
+        self.now, self.window = now, window
+        self.width = window_bucket_ms(window)
+        self.cur = now // self.width
+        # The oldest live bucket: b is live while (b + 1) * width + window > now.
+        self.lo = (now - window) // self.width
+
+
 class MemoryStateStore(StateStore):
     name = "memory"
     supports_stream = False
@@ -86,9 +100,9 @@ class MemoryStateStore(StateStore):
     ) -> ScopeKeys:
         base = f"t:{tenant_id}" if scope == "tenant" else f"t:{tenant_id}:k:{scope_id}"
         return ScopeKeys(
-            requests=f"{base}:rpm",
-            tokens=f"{base}:tpm",
-            token_counts=f"{base}:tpm:n",
+            requests=f"{base}:rpm:b",
+            tokens=f"{base}:tpm:b",
+            token_counts=f"{base}:win:tickets",
             token_total=f"{base}:tpm:sum",
             slots=f"{base}:slots",
             spend=f"{base}:spend:{period_key}",
@@ -117,35 +131,71 @@ class MemoryStateStore(StateStore):
             del zset[member]
         self._data.drop_empty(zkey)
 
-    def _rate_info(self, scopes: tuple[ScopeLimits, ...], kind: str, window: int, now: int):
+    # Bucketed windows (see admit.lua): a dict bucket -> count with 'n' (live total), 'c' (no
+    # bucket older is left) and 'w' (newest bucket written); at most WINDOW_BUCKETS + 2 buckets.
+    def _window_trim(self, key: str, w: _Window) -> None:
+        window = self._data.mapping(key, w.now)
+        oldest = window.get("c")
+        if oldest is not None and oldest < w.lo:
+            gone = [b for b in window if not isinstance(b, str) and b < w.lo]
+            freed = sum(window.pop(b) for b in gone)
+            window["n"] = max(0, window.get("n", 0) - freed)
+            window["c"] = w.lo
+        self._data.drop_empty(key)
+
+    def _window_used(self, key: str, w: _Window) -> int:
+        used = self._data.mapping(key, w.now).get("n", 0)
+        self._data.drop_empty(key)
+        return used
+
+    def _window_retry(self, key: str, w: _Window, need: int) -> int:
+        window = self._data.mapping(key, w.now)
+        self._data.drop_empty(key)
+        freed = 0
+        for bucket in range(w.lo, w.cur + 1):
+            freed += window.get(bucket, 0)
+            if freed >= need:
+                return (bucket + 1) * w.width + w.window - w.now
+        return w.window
+
+    def _window_reset(self, key: str, w: _Window) -> int:
+        newest = self._data.mapping(key, w.now).get("w")
+        self._data.drop_empty(key)
+        if newest is None or newest < w.lo:
+            return 0
+        return max(0, (newest + 1) * w.width + w.window - w.now)
+
+    def _window_add(self, key: str, w: _Window, amount: int) -> None:
+        window = self._data.mapping(key, w.now)
+        window[w.cur] = window.get(w.cur, 0) + amount
+        window["n"] = window.get("n", 0) + amount
+        window.setdefault("c", w.lo)
+        window["w"] = w.cur
+        self._data.expire(key, w.window + w.width + 1000, w.now)
+
+    def _rate_info(self, scopes: tuple[ScopeLimits, ...], kind: str, w: _Window):
         best: RateInfo | None = None
         for scope in scopes:
             limit = scope.rpm if kind == "requests" else scope.tpm
             if limit is None:
                 continue
-            zkey = scope.keys.requests if kind == "requests" else scope.keys.tokens
-            zset = self._data.mapping(zkey, now)
-            used = (
-                len(zset)
-                if kind == "requests"
-                else (self._data.int_get(scope.keys.token_total, now) or 0)
-            )
-            reset = max(0, max(zset.values()) + window - now) if zset else 0
-            self._data.drop_empty(zkey)
+            key = scope.keys.requests if kind == "requests" else scope.keys.tokens
+            used = self._window_used(key, w)
+            reset = self._window_reset(key, w)
             remaining = max(0, limit - used)
             if best is None or remaining < best.remaining:
                 best = RateInfo(limit=limit, remaining=remaining, reset_ms=reset)
         return best
 
-    def _refuse(self, request: AdmitRequest, version: str, kind, index, retry, now):
+    def _refuse(self, request: AdmitRequest, version: str, kind, index, retry, w: _Window):
         return AdmitResult(
             outcome="denied",
             version=version,
             denial=kind,
             denied_scope=index,
             retry_after_ms=max(1, int(retry)),
-            requests=self._rate_info(request.scopes, "requests", request.window_ms, now),
-            tokens=self._rate_info(request.scopes, "tokens", request.window_ms, now),
+            requests=self._rate_info(request.scopes, "requests", w),
+            tokens=self._rate_info(request.scopes, "tokens", w),
         )
 
     # -- the two steps -------------------------------------------------------------------
@@ -155,6 +205,7 @@ class MemoryStateStore(StateStore):
 
     def _admit(self, request: AdmitRequest) -> AdmitResult:
         data, now, window = self._data, _now_ms(), request.window_ms
+        w = _Window(now, window)
         version = self._version
         missing = tuple(
             index
@@ -167,11 +218,9 @@ class MemoryStateStore(StateStore):
         for scope in request.scopes:
             keys = scope.keys
             if scope.rpm is not None:
-                self._expire_plain(keys.requests, now - window, now)
+                self._window_trim(keys.requests, w)
             if scope.tpm is not None:
-                self._expire_weighted(
-                    keys.tokens, keys.token_counts, keys.token_total, now - window, now
-                )
+                self._window_trim(keys.tokens, w)
             if scope.max_concurrency is not None:
                 self._expire_plain(keys.slots, now, now)
             if scope.budget_nano is not None:
@@ -185,37 +234,28 @@ class MemoryStateStore(StateStore):
             spent = data.int_get(scope.keys.spend, now) or 0
             held = data.int_get(scope.keys.reservation_total, now) or 0
             if spent + held + request.reserve_nano > scope.budget_nano:
-                return self._refuse(request, version, DenialKind.BUDGET, index, 0, now)
+                return self._refuse(request, version, DenialKind.BUDGET, index, 0, w)
 
         for index, scope in enumerate(request.scopes):
             if scope.rpm is None:
                 continue
-            entries = sorted(data.mapping(scope.keys.requests, now).values())
-            data.drop_empty(scope.keys.requests)
-            if len(entries) + 1 > scope.rpm:
+            count = self._window_used(scope.keys.requests, w)
+            if count + 1 > scope.rpm:
                 retry = window
                 if scope.rpm > 0:
-                    retry = entries[len(entries) - scope.rpm] + window - now
-                return self._refuse(request, version, DenialKind.REQUESTS, index, retry, now)
+                    retry = self._window_retry(scope.keys.requests, w, count + 1 - scope.rpm)
+                return self._refuse(request, version, DenialKind.REQUESTS, index, retry, w)
 
         for index, scope in enumerate(request.scopes):
             if scope.tpm is None:
                 continue
             if request.tokens > scope.tpm:
-                return self._refuse(
-                    request, version, DenialKind.TOKENS_TOO_LARGE, index, window, now
-                )
-            total = data.int_get(scope.keys.token_total, now) or 0
+                return self._refuse(request, version, DenialKind.TOKENS_TOO_LARGE, index, window, w)
+            total = self._window_used(scope.keys.tokens, w)
             if total + request.tokens > scope.tpm:
-                need, freed, retry = total + request.tokens - scope.tpm, 0, window
-                counts = data.mapping(scope.keys.token_counts, now)
-                zset = data.mapping(scope.keys.tokens, now)
-                for member, at in sorted(zset.items(), key=lambda item: (item[1], item[0])):
-                    freed += counts.get(member, 0)
-                    if freed >= need:
-                        retry = at + window - now
-                        break
-                return self._refuse(request, version, DenialKind.TOKENS, index, retry, now)
+                need = total + request.tokens - scope.tpm
+                retry = self._window_retry(scope.keys.tokens, w, need)
+                return self._refuse(request, version, DenialKind.TOKENS, index, retry, w)
 
         for index, scope in enumerate(request.scopes):
             if scope.max_concurrency is None:
@@ -223,20 +263,20 @@ class MemoryStateStore(StateStore):
             slots = data.mapping(scope.keys.slots, now)
             data.drop_empty(scope.keys.slots)
             if len(slots) + 1 > scope.max_concurrency:
-                return self._refuse(request, version, DenialKind.CONCURRENCY, index, 1000, now)
+                return self._refuse(request, version, DenialKind.CONCURRENCY, index, 1000, w)
 
         ticket, hold = request.ticket, request.hold_ms
         for scope in request.scopes:
             keys = scope.keys
             if scope.rpm is not None:
-                data.mapping(keys.requests, now)[ticket] = now
-                data.expire(keys.requests, window + 1000, now)
+                self._window_add(keys.requests, w, 1)
             if scope.tpm is not None:
-                data.mapping(keys.tokens, now)[ticket] = now
-                data.mapping(keys.token_counts, now)[ticket] = request.tokens
-                data.int_add(keys.token_total, request.tokens, now)
-                for key in (keys.tokens, keys.token_counts, keys.token_total):
-                    data.expire(key, window + 1000, now)
+                self._window_add(keys.tokens, w, request.tokens)
+            if scope.rpm is not None or scope.tpm is not None:
+                # Where settlement finds this request's entries (to correct or release them).
+                ends = (w.cur + 1) * w.width + window
+                data.mapping(keys.token_counts, now)[ticket] = (w.cur, ends, request.tokens)
+                data.expire(keys.token_counts, hold + window + w.width + 1000, now)
             if scope.max_concurrency is not None:
                 data.mapping(keys.slots, now)[ticket] = now + hold
                 data.expire(keys.slots, hold + 1000, now)
@@ -249,8 +289,19 @@ class MemoryStateStore(StateStore):
         return AdmitResult(
             outcome="ok",
             version=version,
-            requests=self._rate_info(request.scopes, "requests", window, now),
-            tokens=self._rate_info(request.scopes, "tokens", window, now),
+            requests=self._admitted_info(request.scopes, "requests", w),
+            tokens=self._admitted_info(request.scopes, "tokens", w),
+        )
+
+    def _admitted_info(self, scopes: tuple[ScopeLimits, ...], kind: str, w: _Window):
+        # This request is the newest entry of its windows: they reset when its bucket leaves.
+        info = self._rate_info(scopes, kind, w)
+        if info is None:
+            return None
+        return RateInfo(
+            limit=info.limit,
+            remaining=info.remaining,
+            reset_ms=(w.cur + 1) * w.width + w.window - w.now,
         )
 
     async def settle(self, request: SettleRequest) -> SettleResult:
@@ -281,22 +332,16 @@ class MemoryStateStore(StateStore):
                     data.int_sub_floor(keys.reservation_total, held, now)
                 data.drop_empty(keys.reservations)
                 data.drop_empty(keys.reservation_expiry)
-            if scope.tpm is not None:
-                counts = data.mapping(keys.token_counts, now)
-                counted = counts.get(ticket)
-                if counted is not None:
-                    if request.release:
-                        del counts[ticket]
-                        data.mapping(keys.tokens, now).pop(ticket, None)
-                        data.int_sub_floor(keys.token_total, counted, now)
-                    else:
-                        counts[ticket] = request.tokens
-                        data.int_sub_floor(keys.token_total, counted - request.tokens, now)
+            if scope.rpm is not None or scope.tpm is not None:
+                entry = data.mapping(keys.token_counts, now).pop(ticket, None)
                 data.drop_empty(keys.token_counts)
-                data.drop_empty(keys.tokens)
-            if request.release and scope.rpm is not None:
-                data.mapping(keys.requests, now).pop(ticket, None)
-                data.drop_empty(keys.requests)
+                if entry is not None and entry[1] > now:
+                    bucket, _, counted = entry
+                    if scope.tpm is not None:
+                        real = 0 if request.release else request.tokens
+                        self._window_correct(keys.tokens, bucket, real - counted, now)
+                    if request.release and scope.rpm is not None:
+                        self._window_correct(keys.requests, bucket, -1, now)
             change = None
             if request.cost_nano > 0:
                 before = data.int_get(keys.spend, now)
@@ -305,6 +350,13 @@ class MemoryStateStore(StateStore):
                     change = SpendChange(before_nano=before, after_nano=after)
             spend.append(change)
         return SettleResult(outcome="ok", stored_event=False, spend=tuple(spend))
+
+    def _window_correct(self, key: str, bucket: int, amount: int, now: int) -> None:
+        window = self._data.mapping(key, now)
+        if amount and bucket in window:
+            window[bucket] = max(0, window[bucket] + amount)
+            window["n"] = max(0, window.get("n", 0) + amount)
+        self._data.drop_empty(key)
 
     async def spend_seed(self, *, keys: ScopeKeys, amount_nano: int, ttl_ms: int | None) -> bool:
         with self._lock:
@@ -320,6 +372,24 @@ class MemoryStateStore(StateStore):
     async def spend_get(self, *, keys: ScopeKeys) -> int | None:
         with self._lock:
             return self._data.int_get(keys.spend, _now_ms())
+
+    def _unauth_key(self, client: str, window_ms: int, now: int) -> tuple[str, int]:
+        index, left = divmod(now, window_ms)
+        return f"unauth:{client}:{index}", window_ms - left
+
+    async def unauth_hit(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        with self._lock:
+            now = _now_ms()
+            key, left = self._unauth_key(client, window_ms, now)
+            count = self._data.int_add(key, 1, now)
+            self._data.expire(key, left + 1000, now)
+            return count, left
+
+    async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        with self._lock:
+            now = _now_ms()
+            key, left = self._unauth_key(client, window_ms, now)
+            return self._data.int_get(key, now) or 0, left
 
     async def config_version_get(self) -> str:
         return self._version

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -195,9 +196,9 @@ class RedisStateStore(StateStore):
         if scope == "key":
             base = f"{base}:k:{scope_id}"
         return ScopeKeys(
-            requests=f"{base}:rpm",
-            tokens=f"{base}:tpm",
-            token_counts=f"{base}:tpm:n",
+            requests=f"{base}:rpm:b",
+            tokens=f"{base}:tpm:b",
+            token_counts=f"{base}:win:tickets",
             token_total=f"{base}:tpm:sum",
             slots=f"{base}:slots",
             spend=f"{base}:spend:{period_key}",
@@ -274,6 +275,25 @@ class RedisStateStore(StateStore):
             before, after = values[2 * index], values[2 * index + 1]
             spend.append(None if after < 0 else SpendChange(before_nano=before, after_nano=after))
         return SettleResult(outcome="ok", stored_event=int(reply[1]) == 1, spend=tuple(spend))
+
+    # -- unauthenticated traffic per client address (fixed windows) ---------------------------
+    def _unauth_key(self, client: str, window_ms: int) -> tuple[str, int]:
+        now = int(time.time() * 1000)
+        index, left = divmod(now, window_ms)
+        return f"{self.prefix}unauth:{client}:{index}", window_ms - left
+
+    async def unauth_hit(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        key, left = self._unauth_key(client, window_ms)
+        async with self.client().pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, left + 1000)
+            count, _ = await pipe.execute()
+        return int(count), left
+
+    async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
+        key, left = self._unauth_key(client, window_ms)
+        value = await self.client().get(key)
+        return (0 if value is None else int(value)), left
 
     # -- seeding and config version ------------------------------------------------------
     async def spend_seed(self, *, keys: ScopeKeys, amount_nano: int, ttl_ms: int | None) -> bool:

@@ -1,9 +1,11 @@
 -- Admission: one atomic step per request (see tenants/state/base.py).
 --
 -- KEYS[1]                config version
--- KEYS[1 + (i-1)*9 + j]  scope i's structures, j = 1 requests zset, 2 tokens zset,
---                        3 token counts hash, 4 token total, 5 slots zset, 6 spend counter,
---                        7 reservations hash, 8 reservation expiry zset, 9 reservation total
+-- KEYS[1 + (i-1)*9 + j]  scope i's structures, j = 1 request window, 2 token window (bucketed
+--                        hashes, see below), 3 tickets hash (ticket -> "bucket,ends_ms,tokens"),
+--                        4 unused (kept so the layout stays put), 5 slots zset, 6 spend
+--                        counter, 7 reservations hash, 8 reservation expiry zset,
+--                        9 reservation total
 -- ARGV: ticket, tokens, reserve (nano-USD), hold_ms, window_ms, n scopes, then per scope:
 --       rpm, tpm, max concurrency, budget (nano-USD); -1 = not enforced, not tracked.
 --
@@ -12,6 +14,13 @@
 --         {0, version, rate info...}                                 admitted
 -- rate info = requests limit, remaining, reset_ms, tokens limit, remaining, reset_ms
 -- (limit -1: no such limit). All money and counts are integers below 2^53.
+--
+-- Rate windows are bucketed, so an admission's work is bounded whatever a window holds: a
+-- window is one hash with a field per bucket of window/BUCKETS ms (the count admitted in it),
+-- 'n' (the sum of the live buckets), 'c' (no bucket older than this is left) and 'w' (the
+-- newest bucket written). An entry counts from its admission until its bucket's end plus a
+-- whole window: never less than the window (no overshoot), at most one bucket more. A window
+-- never holds more than BUCKETS + 2 buckets; a walk or a trim touches at most those.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -55,7 +64,62 @@ if #missing > 0 then
   return out
 end
 
--- Forget what has left the windows and what dead processes still hold.
+local BUCKETS = 60  -- = tenants.state.base.WINDOW_BUCKETS (the in-process store's)
+local width = math.max(1, math.ceil(window / BUCKETS))
+local cur = math.floor(now / width)
+-- The oldest live bucket: b is live while (b + 1) * width + window > now.
+local lo = math.floor((now - window) / width)
+local function bk(b) return string.format('%.0f', b) end
+
+-- Forget the buckets that left the window (at most once per bucket width and window).
+local function window_trim(h)
+  local c = tonumber(redis.call('HGET', h, 'c'))
+  if c == nil or c >= lo then return end
+  local flat = redis.call('HGETALL', h)
+  local gone, freed = {}, 0
+  for k = 1, #flat, 2 do
+    local b = tonumber(flat[k])
+    if b and b < lo then
+      gone[#gone + 1] = flat[k]
+      freed = freed + tonumber(flat[k + 1])
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
+  if freed ~= 0 and redis.call('HINCRBY', h, 'n', -freed) < 0 then redis.call('HSET', h, 'n', 0) end
+  redis.call('HSET', h, 'c', bk(lo))
+end
+
+local function window_used(h) return tonumber(redis.call('HGET', h, 'n')) or 0 end
+
+-- Milliseconds until `need` units have left the window (oldest buckets first).
+local function window_retry(h, need)
+  local fields = {}
+  for b = lo, cur do fields[#fields + 1] = bk(b) end
+  local counts = redis.call('HMGET', h, unpack(fields))
+  local freed = 0
+  for k = 1, #counts do
+    freed = freed + (tonumber(counts[k]) or 0)
+    if freed >= need then return (lo + k) * width + window - now end
+  end
+  return window
+end
+
+-- Milliseconds until the window is empty.
+local function window_reset(h)
+  local w = tonumber(redis.call('HGET', h, 'w'))
+  if w == nil or w < lo then return 0 end
+  return math.max(0, (w + 1) * width + window - now)
+end
+
+local function window_add(h, amount)
+  redis.call('HINCRBY', h, bk(cur), amount)
+  redis.call('HINCRBY', h, 'n', amount)
+  redis.call('HSETNX', h, 'c', bk(lo))
+  redis.call('HSET', h, 'w', bk(cur))
+  redis.call('PEXPIRE', h, window + width + 1000)
+end
+
+-- Forget what dead processes still hold.
 local function expire_weighted(z, h, total, upto)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', upto)
   if #old > 0 then
@@ -70,8 +134,8 @@ local function expire_weighted(z, h, total, upto)
 end
 
 for i = 1, n do
-  if lim(i, 1) >= 0 then redis.call('ZREMRANGEBYSCORE', key(i, 1), '-inf', now - window) end
-  if lim(i, 2) >= 0 then expire_weighted(key(i, 2), key(i, 3), key(i, 4), now - window) end
+  if lim(i, 1) >= 0 then window_trim(key(i, 1)) end
+  if lim(i, 2) >= 0 then window_trim(key(i, 2)) end
   if lim(i, 3) >= 0 then redis.call('ZREMRANGEBYSCORE', key(i, 5), '-inf', now) end
   if lim(i, 4) >= 0 then expire_weighted(key(i, 8), key(i, 7), key(i, 9), now) end
 end
@@ -81,11 +145,8 @@ local function rate_info(kind)
   for i = 1, n do
     local l = lim(i, kind)
     if l >= 0 then
-      local used
-      if kind == 1 then used = redis.call('ZCARD', key(i, 1)) else used = num(key(i, 4)) end
-      local reset = 0
-      local last = redis.call('ZRANGE', key(i, kind), -1, -1, 'WITHSCORES')
-      if #last > 0 then reset = math.max(0, tonumber(last[2]) + window - now) end
+      local used = window_used(key(i, kind))
+      local reset = window_reset(key(i, kind))
       local rem = math.max(0, l - used)
       if best_limit < 0 or rem < best_rem then
         best_limit, best_rem, best_reset = l, rem, reset
@@ -115,15 +176,12 @@ local rpm_used, tpm_used = {}, {}
 for i = 1, n do
   local rpm = lim(i, 1)
   if rpm >= 0 then
-    local count = redis.call('ZCARD', key(i, 1))
+    local count = window_used(key(i, 1))
     rpm_used[i] = count
     if count + 1 > rpm then
       local retry = window
-      if rpm > 0 then
-        -- When the (count - rpm + 1)-th oldest entry leaves the window one request fits.
-        local e = redis.call('ZRANGE', key(i, 1), count - rpm, count - rpm, 'WITHSCORES')
-        if #e > 0 then retry = tonumber(e[2]) + window - now end
-      end
+      -- When the (count - rpm + 1)-th oldest entry leaves the window one request fits.
+      if rpm > 0 then retry = window_retry(key(i, 1), count + 1 - rpm) end
       return refuse(2, i, retry)
     end
   end
@@ -133,21 +191,10 @@ for i = 1, n do
   local tpm = lim(i, 2)
   if tpm >= 0 then
     if tokens > tpm then return refuse(5, i, window) end
-    local total = num(key(i, 4))
+    local total = window_used(key(i, 2))
     tpm_used[i] = total
     if total + tokens > tpm then
-      local need = total + tokens - tpm
-      local retry = window
-      local entries = redis.call('ZRANGE', key(i, 2), 0, -1, 'WITHSCORES')
-      local freed = 0
-      for k = 1, #entries, 2 do
-        freed = freed + (tonumber(redis.call('HGET', key(i, 3), entries[k])) or 0)
-        if freed >= need then
-          retry = tonumber(entries[k + 1]) + window - now
-          break
-        end
-      end
-      return refuse(3, i, retry)
+      return refuse(3, i, window_retry(key(i, 2), total + tokens - tpm))
     end
   end
 end
@@ -162,15 +209,12 @@ end
 
 -- Everything fits: take it all.
 for i = 1, n do
-  if lim(i, 1) >= 0 then
-    redis.call('ZADD', key(i, 1), now, ticket)
-    redis.call('PEXPIRE', key(i, 1), window + 1000)
-  end
-  if lim(i, 2) >= 0 then
-    redis.call('ZADD', key(i, 2), now, ticket)
-    redis.call('HSET', key(i, 3), ticket, tokens)
-    redis.call('INCRBY', key(i, 4), tokens)
-    for j = 2, 4 do redis.call('PEXPIRE', key(i, j), window + 1000) end
+  if lim(i, 1) >= 0 then window_add(key(i, 1), 1) end
+  if lim(i, 2) >= 0 then window_add(key(i, 2), tokens) end
+  if lim(i, 1) >= 0 or lim(i, 2) >= 0 then
+    -- Where settlement finds this request's entries (it corrects or releases them).
+    redis.call('HSET', key(i, 3), ticket, bk(cur) .. ',' .. bk((cur + 1) * width + window) .. ',' .. bk(tokens))
+    redis.call('PEXPIRE', key(i, 3), hold + window + width + 1000)
   end
   if lim(i, 3) >= 0 then
     redis.call('ZADD', key(i, 5), now + hold, ticket)
@@ -184,8 +228,8 @@ for i = 1, n do
   end
 end
 
--- This request is now the newest entry of every window it counts in: each window resets a
--- whole window from now, and the counts are the checks' plus this request.
+-- This request is now the newest entry of every window it counts in: each window resets
+-- when the current bucket leaves it, and the counts are the checks' plus this request.
 local function admitted_info(kind)
   local best_limit, best_rem = -1, -1
   for i = 1, n do
@@ -197,7 +241,7 @@ local function admitted_info(kind)
       if best_limit < 0 or rem < best_rem then best_limit, best_rem = l, rem end
     end
   end
-  return best_limit, best_rem, (best_limit >= 0) and window or 0
+  return best_limit, best_rem, (best_limit >= 0) and ((cur + 1) * width + window - now) or 0
 end
 
 local rl, rr, rs = admitted_info(1)

@@ -16,8 +16,20 @@ local event = ARGV[5]
 local release = ARGV[6] == '1'
 local allow_missing = ARGV[7] == '1'
 
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
 local function lim(i, j) return tonumber(ARGV[7 + (i - 1) * 4 + j]) end
 local function key(i, j) return KEYS[1 + (i - 1) * 9 + j] end
+
+-- A request's window entries sit in the bucket admission noted in the tickets hash; while
+-- that bucket is in the window they are corrected (or released) there, after it nothing is
+-- left to correct. See admit.lua for the bucketed windows.
+local function window_correct(h, bucket, amount)
+  if amount == 0 or redis.call('HEXISTS', h, bucket) == 0 then return end
+  if redis.call('HINCRBY', h, bucket, amount) < 0 then redis.call('HSET', h, bucket, 0) end
+  if redis.call('HINCRBY', h, 'n', amount) < 0 then redis.call('HSET', h, 'n', 0) end
+end
 
 local function decr(k, amount)
   if amount ~= 0 and redis.call('INCRBY', k, -amount) < 0 then
@@ -52,21 +64,21 @@ for i = 1, n do
       decr(key(i, 9), held)
     end
   end
-  if lim(i, 2) >= 0 then
-    local counted = tonumber(redis.call('HGET', key(i, 3), ticket))
-    if counted then
-      if release then
-        redis.call('HDEL', key(i, 3), ticket)
-        redis.call('ZREM', key(i, 2), ticket)
-        decr(key(i, 4), counted)
-      else
-        -- The estimate becomes the real count; the entry keeps its place in the window.
-        redis.call('HSET', key(i, 3), ticket, tokens)
-        decr(key(i, 4), counted - tokens)
+  if lim(i, 1) >= 0 or lim(i, 2) >= 0 then
+    local entry = redis.call('HGET', key(i, 3), ticket)
+    if entry then
+      redis.call('HDEL', key(i, 3), ticket)
+      local bucket, ends, counted = string.match(entry, '^([^,]+),([^,]+),([^,]+)$')
+      if bucket and tonumber(ends) > now then
+        counted = tonumber(counted)
+        if lim(i, 2) >= 0 then
+          -- The estimate becomes the real count (or nothing, for a release).
+          window_correct(key(i, 2), bucket, (release and 0 or tokens) - counted)
+        end
+        if release and lim(i, 1) >= 0 then window_correct(key(i, 1), bucket, -1) end
       end
     end
   end
-  if release and lim(i, 1) >= 0 then redis.call('ZREM', key(i, 1), ticket) end
 
   local before, after = -1, -1
   if cost > 0 then
