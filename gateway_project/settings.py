@@ -161,6 +161,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
+# Beat records its liveness in Redis on every tick (gateway_project/celery.py).
+CELERY_BEAT_SCHEDULER = env_str(
+    "CELERY_BEAT_SCHEDULER", "gateway_project.celery:HeartbeatScheduler"
+)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Periodic work (`celery -A gateway_project beat`). Each entry expires after one interval so a
 # backlog of stale ticks never piles up behind a slow run.
@@ -248,6 +252,14 @@ GATEWAY_USAGE_DRAIN_LINGER_MS = env_int("GATEWAY_USAGE_DRAIN_LINGER_MS", 200)
 GATEWAY_USAGE_DRAIN_MAX_SECONDS = env_float("GATEWAY_USAGE_DRAIN_MAX_SECONDS", 50.0)
 GATEWAY_USAGE_CLAIM_MIN_IDLE_MS = env_int("GATEWAY_USAGE_CLAIM_MIN_IDLE_MS", 60_000)
 GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)
+# Every Celery worker drains the stream continuously in a background thread (usage/drainer.py),
+# in slices of this length, so usage flows with or without beat.
+GATEWAY_USAGE_DRAIN_IN_WORKER = env_bool("GATEWAY_USAGE_DRAIN_IN_WORKER", True)
+GATEWAY_USAGE_DRAIN_SLICE_SECONDS = env_float("GATEWAY_USAGE_DRAIN_SLICE_SECONDS", 5.0)
+# /health/ready and the alerts call the drain "stale" when no drain slice finished (or beat did
+# not tick) for this long, and lagging when the oldest undrained event is older than the lag.
+GATEWAY_OPS_HEARTBEAT_STALE_SECONDS = env_float("GATEWAY_OPS_HEARTBEAT_STALE_SECONDS", 60.0)
+GATEWAY_OPS_DRAIN_LAG_READY_SECONDS = env_float("GATEWAY_OPS_DRAIN_LAG_READY_SECONDS", 300.0)
 # Direct mode: bounded in-process queue; a full queue makes the caller wait (never drops).
 GATEWAY_USAGE_QUEUE_MAX = env_int("GATEWAY_USAGE_QUEUE_MAX", 10_000)
 GATEWAY_USAGE_WRITER_BATCH = env_int("GATEWAY_USAGE_WRITER_BATCH", 500)
@@ -255,6 +267,11 @@ GATEWAY_USAGE_WRITER_BATCH = env_int("GATEWAY_USAGE_WRITER_BATCH", 500)
 # overlap (covers batches that committed late).
 GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0)
 GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS = env_int("GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS", 600)
+# Direct (embedded) mode has no beat: the in-process writer rolls up at most this often after
+# it wrote events, so dashboards follow within that time (0 turns it off).
+GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS = env_float(
+    "GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS", 10.0 if CELERY_TASK_ALWAYS_EAGER else 0.0
+)
 # Raw events older than this are deleted once rollups covering them are final.
 GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 90)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
