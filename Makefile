@@ -27,8 +27,11 @@ run: migrate
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 ## Production server: uvicorn workers (uvloop, httptools) for HTTP and websockets.
+## PROMETHEUS_MULTIPROC_DIR (emptied at each start) lets /metrics merge every worker's samples.
+PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.prometheus-multiproc
 serve: migrate
-	$(BIN)/python -m uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) \
+	rm -rf "$(PROMETHEUS_MULTIPROC_DIR)" && mkdir -p "$(PROMETHEUS_MULTIPROC_DIR)"
+	PROMETHEUS_MULTIPROC_DIR="$(PROMETHEUS_MULTIPROC_DIR)" $(BIN)/python -m uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS) --loop uvloop --http httptools --no-access-log --lifespan on
 
 test: install

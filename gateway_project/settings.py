@@ -274,6 +274,8 @@ GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS = env_float(
 )
 # Raw events older than this are deleted once rollups covering them are final.
 GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 90)
+# Prometheus: per-tenant series (gateway_tenant_*) only when turned on (one series per tenant).
+GATEWAY_METRICS_TENANT_LABEL = env_bool("GATEWAY_METRICS_TENANT_LABEL", False)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 
