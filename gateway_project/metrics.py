@@ -48,10 +48,44 @@ def reservation_holds_count(client) -> int:
     return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
 
 
+_BUDGET_TENANTS_MAX = 1000
+
+
+def tenant_budget_ratios() -> dict[int, float]:
+    """Spend / budget of each tenant with a budget, in its current period (state-store counter,
+    else PostgreSQL). Only with GATEWAY_METRICS_TENANT_LABEL (one series per tenant)."""
+    from asgiref.sync import async_to_sync
+
+    from tenants.admission import budget_status_get
+    from tenants.models import Tenant
+
+    ratios: dict[int, float] = {}
+    tenants = Tenant.objects.filter(budget_usd__gt=0).order_by("pk")[:_BUDGET_TENANTS_MAX]
+    for tenant in tenants:
+        status = async_to_sync(budget_status_get)(
+            scope="tenant", scope_id=tenant.pk, tenant=tenant, owner=tenant
+        )
+        ratios[tenant.pk] = float(status["spend_usd"] / tenant.budget_usd)
+    return ratios
+
+
 class OpsCollector:
-    """Scrape-time gauges from Redis (absent in embedded mode)."""
+    """Scrape-time gauges from Redis (absent in embedded mode) and, with the tenant label
+    turned on, each tenant's budget use."""
 
     def collect(self):
+        if settings.GATEWAY_METRICS_TENANT_LABEL:
+            family = GaugeMetricFamily(
+                "gateway_tenant_budget_used_ratio",
+                "Spend over budget in the current budget period, by tenant id",
+                labels=["tenant"],
+            )
+            try:
+                for tenant_id, ratio in tenant_budget_ratios().items():
+                    family.add_metric([str(tenant_id)], ratio)
+            except Exception:  # noqa: BLE001 - a scrape never fails on one part
+                logger.warning("metrics.budget_ratios_failed", exc_info=True)
+            yield family
         if not settings.REDIS_URL:
             return
         try:
