@@ -181,7 +181,33 @@ CELERY_BEAT_SCHEDULE = {
     },
     "model-prices-sync": {"task": "usage.tasks.model_prices_sync", "schedule": 60.0},
     "usage-retention": {"task": "usage.tasks.usage_retention", "schedule": 3600.0},
+    "ops-alerts-evaluate": {
+        "task": "gateway_project.alerts.ops_alerts_evaluate",
+        "schedule": env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0),
+        "options": {"expires": env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0)},
+    },
 }
+# gateway_project is not an app: its task module is imported by name.
+CELERY_IMPORTS = ["gateway_project.alerts"]
+
+# Operational alerts (gateway_project/alerts.py, the same rules as deploy/prometheus/alerts.yml).
+GATEWAY_OPS_ALERT_WINDOW_SECONDS = env_float("GATEWAY_OPS_ALERT_WINDOW_SECONDS", 300.0)
+GATEWAY_OPS_ALERT_MIN_REQUESTS = env_int("GATEWAY_OPS_ALERT_MIN_REQUESTS", 20)
+GATEWAY_OPS_ALERT_ERROR_RATE = env_float("GATEWAY_OPS_ALERT_ERROR_RATE", 0.05)
+GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS = env_float("GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS", 30.0)
+GATEWAY_OPS_ALERT_PROVIDER_FAILURE_RATIO = env_float(
+    "GATEWAY_OPS_ALERT_PROVIDER_FAILURE_RATIO", 0.5
+)
+GATEWAY_OPS_ALERT_BACKLOG = env_int("GATEWAY_OPS_ALERT_BACKLOG", 10_000)
+GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS = env_float("GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS", 300.0)
+# Where notifications go (operator-configured, none by default): comma-separated addresses, a
+# JSON webhook, and a Slack (or Mattermost, Rocket.Chat...) incoming-webhook URL.
+GATEWAY_OPS_ALERT_EMAILS = [
+    a.strip() for a in env_str("GATEWAY_OPS_ALERT_EMAILS", "").split(",") if a.strip()
+]
+GATEWAY_OPS_ALERT_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_WEBHOOK_URL", "")
+GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL", "")
+GATEWAY_OPS_ALERT_SOURCE = env_str("GATEWAY_OPS_ALERT_SOURCE", "llm-gateway")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
