@@ -12,8 +12,16 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A `.env` beside manage.py (the quick start copies .env.example there) fills in variables the
+# environment does not set; the real environment always wins. GATEWAY_ENV_FILE names another
+# file, or "" for none.
+_ENV_FILE = os.environ.get("GATEWAY_ENV_FILE", str(BASE_DIR / ".env"))
+if _ENV_FILE:
+    load_dotenv(_ENV_FILE, override=False)
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -305,17 +313,38 @@ GATEWAY_METRICS_TENANT_LABEL = env_bool("GATEWAY_METRICS_TENANT_LABEL", False)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 
+# Optional JSON log file besides stdout, rotated by size. "{pid}" in the path gives each
+# process its own file (several uvicorn workers must not rotate one file between them).
+GATEWAY_LOG_FILE = env_str("GATEWAY_LOG_FILE", "").replace("{pid}", str(os.getpid()))
+GATEWAY_LOG_FILE_MAX_BYTES = env_int("GATEWAY_LOG_FILE_MAX_BYTES", 50 * 1024 * 1024)
+GATEWAY_LOG_FILE_BACKUPS = env_int("GATEWAY_LOG_FILE_BACKUPS", 5)
+_LOG_HANDLERS = ["console", *(["file"] if GATEWAY_LOG_FILE else [])]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "gateway_project.logging.JsonFormatter"}},
     "handlers": {
-        "console": {"class": "gateway_project.logging.BufferedStreamHandler", "formatter": "json"}
+        "console": {"class": "gateway_project.logging.BufferedStreamHandler", "formatter": "json"},
+        **(
+            {
+                "file": {
+                    "class": "logging.handlers.RotatingFileHandler",
+                    "formatter": "json",
+                    "filename": GATEWAY_LOG_FILE,
+                    "maxBytes": GATEWAY_LOG_FILE_MAX_BYTES,
+                    "backupCount": GATEWAY_LOG_FILE_BACKUPS,
+                    "encoding": "utf-8",
+                }
+            }
+            if GATEWAY_LOG_FILE
+            else {}
+        ),
     },
-    "root": {"handlers": ["console"], "level": "WARNING"},
+    "root": {"handlers": _LOG_HANDLERS, "level": "WARNING"},
     "loggers": {
-        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
-        "gateway": {"handlers": ["console"], "level": GATEWAY_LOG_LEVEL, "propagate": False},
+        "django": {"handlers": _LOG_HANDLERS, "level": "WARNING", "propagate": False},
+        "gateway": {"handlers": _LOG_HANDLERS, "level": GATEWAY_LOG_LEVEL, "propagate": False},
     },
 }
 
