@@ -256,6 +256,15 @@ def cache_observe(*, cache: str, hit: bool) -> None:
     (CACHE_HITS if hit else CACHE_MISSES).labels(cache).inc()
 
 
+_KEY_POLICY_HIT = CACHE_HITS.labels("key_policy")
+_KEY_POLICY_MISS = CACHE_MISSES.labels("key_policy")
+
+
+def key_policy_cache_observe(hit: bool) -> None:
+    """tenants' key-policy cache lookups (wired by routing.wiring)."""
+    (_KEY_POLICY_HIT if hit else _KEY_POLICY_MISS).inc()
+
+
 def breaker_state_observe(*, provider_id: int, model_id: int, state: str) -> None:
     BREAKER_STATE.labels(str(provider_id), str(model_id)).set(_STATE_VALUES.get(state, 0))
 

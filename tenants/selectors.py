@@ -5,6 +5,7 @@ backstop."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -83,7 +84,9 @@ async def api_key_policy_get(*, raw_key: str) -> KeyPolicy | None:
         policy, loaded_at = cached
         ttl = settings.GATEWAY_SNAPSHOT_TTL_SECONDS if policy is not None else _NEGATIVE_TTL_S
         if now - loaded_at < ttl:
+            _cache_observer(True)
             return policy
+    _cache_observer(False)
     generation = _cache_generation
     policy = await api_key_policy_load(key_hash=key_hash)
     if generation == _cache_generation:
@@ -91,6 +94,19 @@ async def api_key_policy_get(*, raw_key: str) -> KeyPolicy | None:
             _policy_cache.clear()
         _policy_cache[key_hash] = (policy, now)
     return policy
+
+
+def _cache_observer_unwired(hit: bool) -> None:
+    return None
+
+
+# Told of every policy-cache lookup (hit or miss); routing wires it to its metrics.
+_cache_observer: Callable[[bool], None] = _cache_observer_unwired
+
+
+def policy_cache_observer_set(fn: Callable[[bool], None] | None) -> None:
+    global _cache_observer
+    _cache_observer = fn or _cache_observer_unwired
 
 
 def policy_cache_clear() -> None:

@@ -157,6 +157,12 @@ def test_two_workers_metrics_equal_the_traffic_sent_whichever_worker_answers(
             dict(labels)["code"] for name, labels in samples if name == "gateway_refusals_total"
         }
         assert "unknown" not in refusal_codes and len(refusal_codes) >= 2
+        # Every authenticated request looked its key up in the policy cache.
+        lookups = total(samples, "cache_hits_total", cache="key_policy") + total(
+            samples, "cache_misses_total", cache="key_policy"
+        )
+        assert lookups == N_MOCK + N_FAKE + N_BAD_KEY, lookups
+        assert total(samples, "cache_hits_total", cache="key_policy") >= 1
         # Scrape-time gauges from Redis.
         assert total(samples, "gateway_redis_up") == 1
         assert ("gateway_usage_stream_backlog", ()) in samples
