@@ -22,7 +22,7 @@ COPY tenants tenants
 COPY routing routing
 COPY usage usage
 COPY templates templates
-COPY deploy/docker/entrypoint.sh deploy/docker/entrypoint.sh
+COPY deploy/docker/entrypoint.sh deploy/docker/healthcheck.py deploy/docker/
 # Admin, API docs and dashboard assets, served by the app (GATEWAY_SERVE_STATIC) or a CDN.
 RUN SECRET_KEY=collectstatic-only /opt/venv/bin/python manage.py collectstatic --noinput
 
@@ -43,8 +43,9 @@ COPY --from=build --chown=gateway:gateway /app /app
 RUN chmod 0755 /app/deploy/docker/entrypoint.sh
 USER 10001:10001
 EXPOSE 8000
-# /health needs no database or Redis: it says the process serves (readiness is /health/ready).
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=2)"
+# Per role: web -> /health (no database or Redis needed; readiness is /health/ready), beat ->
+# its heartbeat, worker -> celery inspect ping.
+HEALTHCHECK --interval=30s --timeout=25s --start-period=30s --retries=3 \
+    CMD ["python", "/app/deploy/docker/healthcheck.py"]
 ENTRYPOINT ["/app/deploy/docker/entrypoint.sh"]
 CMD ["web"]

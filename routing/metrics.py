@@ -140,6 +140,11 @@ _POOL_REFRESH_S = 1.0
 _pool_refreshed_at = 0.0
 
 
+def _method_of(endpoint: str) -> str:
+    # Websocket requests (endpoint ws_*) are messages on an upgraded connection, not POSTs.
+    return "WS" if endpoint.startswith("ws") else "POST"
+
+
 def _children_for(endpoint: str, route: str, model: str, outcome: str, status: int) -> tuple:
     key = (endpoint, route, model, outcome, status)
     children = _children.get(key)
@@ -153,8 +158,8 @@ def _children_for(endpoint: str, route: str, model: str, outcome: str, status: i
             TOKENS.labels(route, model, "out"),
             COST.labels(route, model),
             FALLBACKS.labels(route),
-            HTTP_REQUESTS.labels("POST", endpoint, str(status)),
-            HTTP_DURATION.labels("POST", endpoint),
+            HTTP_REQUESTS.labels(_method_of(endpoint), endpoint, str(status)),
+            HTTP_DURATION.labels(_method_of(endpoint), endpoint),
         )
     return children
 

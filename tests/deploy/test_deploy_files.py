@@ -263,3 +263,35 @@ def test_grafana_dashboards_parse_and_query_only_exposed_metrics(exposed_metric_
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )
     assert provisioning["datasources"][0]["uid"] == "gateway-prometheus"
+
+
+# -- the image's health check script --------------------------------------------------------
+def _healthcheck(role: str, **env: str) -> int:
+    import os
+
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "docker" / "healthcheck.py")],
+        env={**os.environ, "GATEWAY_HEALTHCHECK_ROLE": role, **env},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    ).returncode
+
+
+@pytest.mark.live_server_process
+def test_image_healthcheck_script_checks_web_and_beat(live_gateway, redis_url):
+    import time
+
+    import redis as redis_sync
+
+    from tests.conftest import free_port
+
+    with live_gateway() as base:
+        assert _healthcheck("web", PORT=base.rsplit(":", 1)[1]) == 0
+    assert _healthcheck("web", PORT=str(free_port())) == 1  # nothing listens
+    client = redis_sync.Redis.from_url(redis_url)
+    assert _healthcheck("beat", REDIS_URL=redis_url) == 1  # no heartbeat yet
+    client.set("gw:beat:heartbeat", repr(time.time()))
+    assert _healthcheck("beat", REDIS_URL=redis_url) == 0
+    client.set("gw:beat:heartbeat", repr(time.time() - 600))
+    assert _healthcheck("beat", REDIS_URL=redis_url) == 1
