@@ -1,8 +1,12 @@
 #!/bin/sh
 # One image, one role per container: web | worker | beat | migrate | <any command>.
 set -eu
-cd /app
+cd "$(dirname "$0")/../.."  # the app root (/app in the image)
 role="${1:-web}"
+if [ "$role" != "web" ]; then
+  # Only web serves /metrics; elsewhere multiprocess mode would need a directory for nothing.
+  unset PROMETHEUS_MULTIPROC_DIR
+fi
 case "$role" in
   web)
     # prometheus_client multiprocess mode: every uvicorn worker writes its samples here and

@@ -295,3 +295,25 @@ def test_image_healthcheck_script_checks_web_and_beat(live_gateway, redis_url):
     assert _healthcheck("beat", REDIS_URL=redis_url) == 0
     client.set("gw:beat:heartbeat", repr(time.time() - 600))
     assert _healthcheck("beat", REDIS_URL=redis_url) == 1
+
+
+def test_entrypoint_runs_other_commands_without_the_web_metrics_directory(tmp_path):
+    import os
+
+    result = subprocess.run(
+        [
+            "sh",
+            str(DEPLOY / "docker" / "entrypoint.sh"),
+            sys.executable,
+            "-c",
+            "import os; print(os.getcwd(), os.environ.get('PROMETHEUS_MULTIPROC_DIR'))",
+        ],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "absent")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    cwd, multiproc = result.stdout.split()
+    assert Path(cwd) == ROOT and multiproc == "None"
