@@ -14,6 +14,7 @@ and from Redis for the usage pipeline):
 | UsageBacklogGrowing | usage events waiting in Redis > GATEWAY_OPS_ALERT_BACKLOG |
 | UsageDrainLag | the oldest waiting event is older than GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS |
 | UsageDrainStale | events wait and no worker's drain reported for GATEWAY_OPS_HEARTBEAT_STALE_SECONDS |
+| CeleryBeatDown | a worker's drain is alive but beat has not ticked for GATEWAY_OPS_HEARTBEAT_STALE_SECONDS (evaluated by the workers' drain threads while beat is down) |
 
 Budget thresholds are tenants' own alerts (tenants.services.budget_alerts_record), sent to each
 tenant's address; they are not repeated here.
@@ -206,6 +207,20 @@ def _pipeline_alerts() -> list[Alert]:
                 summary=f"The oldest undrained usage event is {status.lag_seconds:.0f} s old",
                 value=status.lag_seconds,
                 threshold=settings.GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS,
+            )
+        )
+    if status.drain_alive and not status.beat_alive:
+        age = status.beat_heartbeat_age_seconds
+        alerts.append(
+            Alert(
+                name="CeleryBeatDown",
+                key="CeleryBeatDown",
+                severity="warning",
+                summary="Celery beat is not running "
+                + ("(never seen)" if age is None else f"(last tick {age:.0f} s ago)")
+                + ": rollups, price changes and retention stop; usage still drains",
+                value=-1.0 if age is None else age,
+                threshold=settings.GATEWAY_OPS_HEARTBEAT_STALE_SECONDS,
             )
         )
     if status.backlog and not status.drain_alive:

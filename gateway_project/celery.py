@@ -52,7 +52,7 @@ class UsageDrainStep(bootsteps.StartStopStep):
     def start(self, parent) -> None:
         from usage.drainer import UsageDrainer
 
-        self.drainer = UsageDrainer()
+        self.drainer = UsageDrainer(after_slice=alerts_when_beat_is_down)
         self.drainer.start()
 
     def stop(self, parent) -> None:
@@ -65,6 +65,27 @@ class UsageDrainStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(UsageDrainStep)
+
+_alerts_checked_at = 0.0
+
+
+def alerts_when_beat_is_down() -> None:
+    """Beat evaluates the alert rules; when beat is not alive, the workers' drain threads do
+    (at most every GATEWAY_OPS_ALERT_INTERVAL_SECONDS per process; a Redis lock and the firing
+    set keep several workers from notifying twice). So "beat is down" itself gets alerted."""
+    global _alerts_checked_at
+    from django.conf import settings
+
+    now = time.monotonic()
+    if now - _alerts_checked_at < settings.GATEWAY_OPS_ALERT_INTERVAL_SECONDS:
+        return
+    _alerts_checked_at = now
+    from gateway_project.alerts import ops_alerts_evaluate
+    from gateway_project.ops import pipeline_status_get
+
+    status = pipeline_status_get()
+    if status is not None and not status.beat_alive:
+        ops_alerts_evaluate()
 
 
 class HeartbeatScheduler(PersistentScheduler):

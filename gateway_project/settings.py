@@ -174,6 +174,7 @@ CELERY_BEAT_SCHEDULER = env_str(
     "CELERY_BEAT_SCHEDULER", "gateway_project.celery:HeartbeatScheduler"
 )
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+GATEWAY_OPS_ALERT_INTERVAL_SECONDS = env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0)
 # Periodic work (`celery -A gateway_project beat`). Each entry expires after one interval so a
 # backlog of stale ticks never piles up behind a slow run.
 CELERY_BEAT_SCHEDULE = {
@@ -191,8 +192,8 @@ CELERY_BEAT_SCHEDULE = {
     "usage-retention": {"task": "usage.tasks.usage_retention", "schedule": 3600.0},
     "ops-alerts-evaluate": {
         "task": "gateway_project.alerts.ops_alerts_evaluate",
-        "schedule": env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0),
-        "options": {"expires": env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0)},
+        "schedule": GATEWAY_OPS_ALERT_INTERVAL_SECONDS,
+        "options": {"expires": GATEWAY_OPS_ALERT_INTERVAL_SECONDS},
     },
 }
 # gateway_project is not an app: its task module is imported by name.

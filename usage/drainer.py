@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import orjson
 from django.conf import settings
@@ -56,10 +57,18 @@ def usage_drain_heartbeat_write(*, consumer: str, written: int, client=None) -> 
 class UsageDrainer:
     """One background thread that drains the usage stream until stopped."""
 
-    def __init__(self, *, slice_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        slice_seconds: float | None = None,
+        after_slice: Callable[[], None] | None = None,
+    ) -> None:
         self.slice_seconds = (
             settings.GATEWAY_USAGE_DRAIN_SLICE_SECONDS if slice_seconds is None else slice_seconds
         )
+        # Called after every slice (gateway_project wires the alert rules here for when beat
+        # is down); its failures are logged and never stop the drain.
+        self.after_slice = after_slice
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.consumer = ""
@@ -91,6 +100,8 @@ class UsageDrainer:
                 result = usage_stream_drain(consumer=self.consumer, max_seconds=self.slice_seconds)
                 usage_drain_heartbeat_write(consumer=self.consumer, written=result.written)
                 delay = 0.5
+                if self.after_slice is not None:
+                    self._after_slice()
             except Exception:
                 # Redis or PostgreSQL away: entries stay in the stream (pending ones are
                 # claimed again later); retry with capped backoff, never give up.
@@ -100,3 +111,9 @@ class UsageDrainer:
             finally:
                 close_old_connections()
         logger.info("usage.drainer_stopped")
+
+    def _after_slice(self) -> None:
+        try:
+            self.after_slice()
+        except Exception:
+            logger.exception("usage.drainer_after_slice_failed")

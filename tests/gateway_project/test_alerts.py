@@ -22,8 +22,10 @@ from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
 from gateway_project.alerts import ALERTS_KEY, ops_alerts_current, ops_alerts_evaluate
+from gateway_project.celery import BEAT_HEARTBEAT_KEY
 from providers.models import Model, ProviderKind
 from routing.breakers import breaker_board
+from tests.celery_workers import celery_worker_start, process_stop, wait_until
 from tests.fake_upstream.fixtures import fake_upstream_thread  # noqa: F401
 from tests.routing.support import caches_clear, fake_provider, model_on, route, tenant_key
 from tests.usage.conftest import maker, usage_world  # noqa: F401
@@ -225,3 +227,39 @@ def test_p95_latency_rule_takes_the_95th_percentile_of_answered_requests(
     assert alerts["GatewayHighLatencyP95"].value == 38.0
     with override_settings(GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS=38.0):
         assert "GatewayHighLatencyP95" not in {a.name for a in ops_alerts_current()}
+
+
+def test_beat_down_alerts_while_a_worker_drains_and_recovers_when_beat_ticks():
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(DRAIN_HEARTBEAT_KEY, orjson.dumps({"at": time.time(), "consumer": "w"}))
+    with override_settings(GATEWAY_OPS_ALERT_EMAILS=["oncall@example.com"]):
+        assert ops_alerts_evaluate().fired == ["CeleryBeatDown"]
+        assert "never seen" in mail.outbox[0].body
+        client.set(BEAT_HEARTBEAT_KEY, repr(time.time()))
+        assert ops_alerts_evaluate().resolved == ["CeleryBeatDown"]
+
+
+@pytest.mark.live_server_process
+def test_a_worker_without_beat_sends_the_beat_down_alert_itself(receiver, tmp_path):
+    hook = receiver()
+    worker = celery_worker_start(
+        settings.REDIS_URL,
+        tmp_path,
+        "alerting",
+        beat=False,
+        extra_env={
+            "GATEWAY_OPS_ALERT_WEBHOOK_URL": f"{hook.url}/hook",
+            "GATEWAY_OPS_ALERT_INTERVAL_SECONDS": "1",
+        },
+    )
+    try:
+        wait_until(
+            lambda: any(b["key"] == "CeleryBeatDown" for b in hook.of("/hook")),
+            timeout_s=90,
+            what="the worker's drain thread to alert that beat is down",
+            interval=0.1,
+        )
+    finally:
+        process_stop(worker)
+    [body] = hook.of("/hook")
+    assert body["type"] == "alert.firing" and body["severity"] == "warning"
