@@ -125,6 +125,12 @@ async def test_alerts_fire_once_on_injected_upstream_errors_and_recover(
     with _channels(hook.url, GATEWAY_OPS_ALERT_MIN_REQUESTS=5, GATEWAY_OPS_ALERT_ERROR_RATE=0.4):
         assert set(await _chat(client, raw, threshold)) == {502}
         await usage_events_settled(threshold)
+        # The breaker opened, and /metrics says so.
+        page = (await AsyncClient().get("/metrics")).content.decode()
+        assert (
+            f'gateway_breaker_state{{model_id="{model.pk}",provider_id="{provider.pk}"}} 2.0'
+            in page
+        )
 
         result = await sync_to_async(ops_alerts_evaluate)()
         expected = {

@@ -71,7 +71,7 @@ def metrics_catalog(transactional_db, fake_upstream_thread):
     route("metrics-fake", [model_on(fake, "metrics-fake-model")])
     _, _, raw = tenant_key()
     caches_clear()
-    return raw
+    return raw, fake.pk
 
 
 def _send(base: str, raw: str) -> list[int]:
@@ -112,7 +112,7 @@ def _send(base: str, raw: str) -> list[int]:
 def test_two_workers_metrics_equal_the_traffic_sent_whichever_worker_answers(
     live_gateway, metrics_catalog
 ):
-    raw = metrics_catalog
+    raw, fake_provider_id = metrics_catalog
     with live_gateway(env=LIVE_ENV, workers=2) as base:
         statuses = _send(base, raw)
         assert statuses.count(200) == N_MOCK + N_FAKE
@@ -163,6 +163,15 @@ def test_two_workers_metrics_equal_the_traffic_sent_whichever_worker_answers(
         )
         assert lookups == N_MOCK + N_FAKE + N_BAD_KEY, lookups
         assert total(samples, "cache_hits_total", cache="key_policy") >= 1
+        # The upstream pool of the fake provider, merged over the workers that used it.
+        assert (
+            total(
+                samples,
+                "gateway_upstream_pool_connections_limit",
+                provider_id=str(fake_provider_id),
+            )
+            > 0
+        )
         # Scrape-time gauges from Redis.
         assert total(samples, "gateway_redis_up") == 1
         assert ("gateway_usage_stream_backlog", ()) in samples
