@@ -43,8 +43,12 @@ serve-preflight:
 		exit 1; \
 	fi
 
+## PROMETHEUS_MULTIPROC_DIR (emptied at each start) lets /metrics merge every worker's samples.
+PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.prometheus-multiproc
 serve: serve-preflight migrate
-	$(BIN)/python -m uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) \
+	rm -rf "$(PROMETHEUS_MULTIPROC_DIR)" && mkdir -p "$(PROMETHEUS_MULTIPROC_DIR)"
+	PROMETHEUS_MULTIPROC_DIR="$(PROMETHEUS_MULTIPROC_DIR)" $(BIN)/python -m uvicorn \
+		gateway_project.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS) --loop uvloop --http httptools --no-access-log --lifespan on \
 		--limit-concurrency $(LIMIT_CONCURRENCY) --timeout-keep-alive 5 --ws-max-size $(WS_MAX_SIZE)
 

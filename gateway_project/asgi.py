@@ -28,6 +28,7 @@ if settings.GATEWAY_SERVE_STATIC:
     stock_http = ASGIStaticFilesHandler(stock_http)
 
 from gateway_project.fast_asgi import InferenceASGIHandler, Receive, Scope, Send  # noqa: E402
+from gateway_project.metrics import metrics_process_exit  # noqa: E402
 from gateway_project.ws_guard import WebsocketGuard  # noqa: E402
 from providers.adapters.base import adapters_close  # noqa: E402
 from providers.http import http_clients_close  # noqa: E402
@@ -52,6 +53,8 @@ async def shutdown_cleanup() -> None:
             await step()
         except Exception:
             logger.exception("asgi.shutdown_step_failed", extra={"step": name})
+    # Last: this worker's live gauges (breakers, pools) leave the merged /metrics.
+    metrics_process_exit()
 
 
 async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:

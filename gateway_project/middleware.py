@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import random
+import time
 
 import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpResponse
 
 from gateway_project.logging import request_id_var
+from routing.metrics import request_observation_begin, request_refused
 
 
 def new_request_id() -> str:
@@ -56,9 +58,36 @@ _PLAIN_ERRORS = {
 }
 
 
+# The endpoint label of refusals, by path (bounded: anything else is "other").
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "messages",
+    "/v1/models": "models",
+    "/api/v1/generate": "generate",
+}
+
+
+def _error_code(response) -> str:
+    """The error's code (OpenAI shape) or type (Anthropic shape) from a small JSON body."""
+    try:
+        body = orjson.loads(response.content)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return "unknown"
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return "unknown"
+    code = error.get("code") or error.get("type") or "unknown"
+    return str(code)
+
+
 class InferenceErrorShapeMiddleware:
     """On the inference API every error is in OpenAI's shape: Django's and Ninja's own plain
-    404/405 pages (unknown path, wrong method) are replaced by an OpenAI error body."""
+    404/405 pages (unknown path, wrong method) are replaced by an OpenAI error body.
+
+    It also counts refusals: an error response for which the routing service recorded no
+    request (bad key, validation, rate limit, budget...) goes to `request_refused` with its
+    error code, so refusals reach the request counters and `gateway_refusals_total`."""
 
     sync_capable = False
     async_capable = True
@@ -68,7 +97,21 @@ class InferenceErrorShapeMiddleware:
         markcoroutinefunction(self)
 
     async def __call__(self, request):
-        response = await self.get_response(request)
+        started = time.perf_counter()
+        observation = request_observation_begin()
+        response = self._shaped(await self.get_response(request))
+        if response.status_code >= 400 and not observation[0]:
+            path = request.path.rstrip("/") or "/"
+            request_refused(
+                endpoint=_ENDPOINTS.get(path, "other"),
+                code=_error_code(response),
+                status=response.status_code,
+                latency_s=time.perf_counter() - started,
+                method=request.method if request.method in ("GET", "POST") else "other",
+            )
+        return response
+
+    def _shaped(self, response):
         plain = _PLAIN_ERRORS.get(response.status_code)
         if plain is None or response.get("Content-Type", "").startswith("application/json"):
             return response

@@ -16,8 +16,16 @@ from pathlib import Path
 import dj_database_url
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A `.env` beside manage.py (the quick start copies .env.example there) fills in variables the
+# environment does not set; the real environment always wins. GATEWAY_ENV_FILE names another
+# file, or "" for none.
+_ENV_FILE = os.environ.get("GATEWAY_ENV_FILE", str(BASE_DIR / ".env"))
+if _ENV_FILE:
+    load_dotenv(_ENV_FILE, override=False)
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -313,7 +321,12 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
+# Beat records its liveness in Redis on every tick (gateway_project/celery.py).
+CELERY_BEAT_SCHEDULER = env_str(
+    "CELERY_BEAT_SCHEDULER", "gateway_project.celery:HeartbeatScheduler"
+)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+GATEWAY_OPS_ALERT_INTERVAL_SECONDS = env_float("GATEWAY_OPS_ALERT_INTERVAL_SECONDS", 30.0)
 # Periodic work (`celery -A gateway_project beat`). Each entry expires after one interval so a
 # backlog of stale ticks never piles up behind a slow run.
 CELERY_BEAT_SCHEDULE = {
@@ -329,7 +342,33 @@ CELERY_BEAT_SCHEDULE = {
     },
     "model-prices-sync": {"task": "usage.tasks.model_prices_sync", "schedule": 60.0},
     "usage-retention": {"task": "usage.tasks.usage_retention", "schedule": 3600.0},
+    "ops-alerts-evaluate": {
+        "task": "gateway_project.alerts.ops_alerts_evaluate",
+        "schedule": GATEWAY_OPS_ALERT_INTERVAL_SECONDS,
+        "options": {"expires": GATEWAY_OPS_ALERT_INTERVAL_SECONDS},
+    },
 }
+# gateway_project is not an app: its task module is imported by name.
+CELERY_IMPORTS = ["gateway_project.alerts"]
+
+# Operational alerts (gateway_project/alerts.py, the same rules as deploy/prometheus/alerts.yml).
+GATEWAY_OPS_ALERT_WINDOW_SECONDS = env_float("GATEWAY_OPS_ALERT_WINDOW_SECONDS", 300.0)
+GATEWAY_OPS_ALERT_MIN_REQUESTS = env_int("GATEWAY_OPS_ALERT_MIN_REQUESTS", 20)
+GATEWAY_OPS_ALERT_ERROR_RATE = env_float("GATEWAY_OPS_ALERT_ERROR_RATE", 0.05)
+GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS = env_float("GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS", 30.0)
+GATEWAY_OPS_ALERT_PROVIDER_FAILURE_RATIO = env_float(
+    "GATEWAY_OPS_ALERT_PROVIDER_FAILURE_RATIO", 0.5
+)
+GATEWAY_OPS_ALERT_BACKLOG = env_int("GATEWAY_OPS_ALERT_BACKLOG", 10_000)
+GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS = env_float("GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS", 300.0)
+# Where notifications go (operator-configured, none by default): comma-separated addresses, a
+# JSON webhook, and a Slack (or Mattermost, Rocket.Chat...) incoming-webhook URL.
+GATEWAY_OPS_ALERT_EMAILS = [
+    a.strip() for a in env_str("GATEWAY_OPS_ALERT_EMAILS", "").split(",") if a.strip()
+]
+GATEWAY_OPS_ALERT_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_WEBHOOK_URL", "")
+GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL", "")
+GATEWAY_OPS_ALERT_SOURCE = env_str("GATEWAY_OPS_ALERT_SOURCE", "llm-gateway")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -432,6 +471,14 @@ GATEWAY_USAGE_DRAIN_LINGER_MS = env_int("GATEWAY_USAGE_DRAIN_LINGER_MS", 200)
 GATEWAY_USAGE_DRAIN_MAX_SECONDS = env_float("GATEWAY_USAGE_DRAIN_MAX_SECONDS", 50.0)
 GATEWAY_USAGE_CLAIM_MIN_IDLE_MS = env_int("GATEWAY_USAGE_CLAIM_MIN_IDLE_MS", 60_000)
 GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)
+# Every Celery worker drains the stream continuously in a background thread (usage/drainer.py),
+# in slices of this length, so usage flows with or without beat.
+GATEWAY_USAGE_DRAIN_IN_WORKER = env_bool("GATEWAY_USAGE_DRAIN_IN_WORKER", True)
+GATEWAY_USAGE_DRAIN_SLICE_SECONDS = env_float("GATEWAY_USAGE_DRAIN_SLICE_SECONDS", 5.0)
+# /health/ready and the alerts call the drain "stale" when no drain slice finished (or beat did
+# not tick) for this long, and lagging when the oldest undrained event is older than the lag.
+GATEWAY_OPS_HEARTBEAT_STALE_SECONDS = env_float("GATEWAY_OPS_HEARTBEAT_STALE_SECONDS", 60.0)
+GATEWAY_OPS_DRAIN_LAG_READY_SECONDS = env_float("GATEWAY_OPS_DRAIN_LAG_READY_SECONDS", 300.0)
 # Direct mode: bounded in-process queue; a full queue makes the caller wait (never drops).
 GATEWAY_USAGE_QUEUE_MAX = env_int("GATEWAY_USAGE_QUEUE_MAX", 10_000)
 GATEWAY_USAGE_WRITER_BATCH = env_int("GATEWAY_USAGE_WRITER_BATCH", 500)
@@ -439,22 +486,50 @@ GATEWAY_USAGE_WRITER_BATCH = env_int("GATEWAY_USAGE_WRITER_BATCH", 500)
 # overlap (covers batches that committed late).
 GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS = env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0)
 GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS = env_int("GATEWAY_USAGE_ROLLUP_OVERLAP_SECONDS", 600)
+# Direct (embedded) mode has no beat: the in-process writer rolls up at most this often after
+# it wrote events, so dashboards follow within that time (0 turns it off).
+GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS = env_float(
+    "GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS", 10.0 if CELERY_TASK_ALWAYS_EAGER else 0.0
+)
 # Raw events older than this are deleted once rollups covering them are final.
 GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 90)
+# Prometheus: per-tenant series (gateway_tenant_*) only when turned on (one series per tenant).
+GATEWAY_METRICS_TENANT_LABEL = env_bool("GATEWAY_METRICS_TENANT_LABEL", False)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
+
+# Optional JSON log file besides stdout, rotated by size. "{pid}" in the path gives each
+# process its own file (several uvicorn workers must not rotate one file between them).
+GATEWAY_LOG_FILE = env_str("GATEWAY_LOG_FILE", "").replace("{pid}", str(os.getpid()))
+GATEWAY_LOG_FILE_MAX_BYTES = env_int("GATEWAY_LOG_FILE_MAX_BYTES", 50 * 1024 * 1024)
+GATEWAY_LOG_FILE_BACKUPS = env_int("GATEWAY_LOG_FILE_BACKUPS", 5)
+_LOG_HANDLERS = ["console", *(["file"] if GATEWAY_LOG_FILE else [])]
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "gateway_project.logging.JsonFormatter"}},
     "handlers": {
-        "console": {"class": "gateway_project.logging.BufferedStreamHandler", "formatter": "json"}
+        "console": {"class": "gateway_project.logging.BufferedStreamHandler", "formatter": "json"},
+        **(
+            {
+                "file": {
+                    "class": "logging.handlers.RotatingFileHandler",
+                    "formatter": "json",
+                    "filename": GATEWAY_LOG_FILE,
+                    "maxBytes": GATEWAY_LOG_FILE_MAX_BYTES,
+                    "backupCount": GATEWAY_LOG_FILE_BACKUPS,
+                    "encoding": "utf-8",
+                }
+            }
+            if GATEWAY_LOG_FILE
+            else {}
+        ),
     },
-    "root": {"handlers": ["console"], "level": "WARNING"},
+    "root": {"handlers": _LOG_HANDLERS, "level": "WARNING"},
     "loggers": {
-        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
-        "gateway": {"handlers": ["console"], "level": GATEWAY_LOG_LEVEL, "propagate": False},
+        "django": {"handlers": _LOG_HANDLERS, "level": "WARNING", "propagate": False},
+        "gateway": {"handlers": _LOG_HANDLERS, "level": GATEWAY_LOG_LEVEL, "propagate": False},
     },
 }
 

@@ -132,6 +132,26 @@ def _pools_of_running_loop() -> dict[int, _Pool]:
     return pools
 
 
+def http_pool_stats() -> dict[int, tuple[int, int, int]]:
+    """Connections of this process's upstream pools by provider id: (in use, idle, limit),
+    summed over event loops. Read-only peeks at aiohttp's connector (for metrics)."""
+    stats: dict[int, tuple[int, int, int]] = {}
+    for _loop, pools in list(_loops.values()):
+        for provider_id, pool in list(pools.items()):
+            connector = pool.session.connector
+            if connector is None or connector.closed:
+                continue
+            in_use = len(getattr(connector, "_acquired", ()))
+            idle = sum(len(conns) for conns in getattr(connector, "_conns", {}).values())
+            before = stats.get(provider_id, (0, 0, 0))
+            stats[provider_id] = (
+                before[0] + in_use,
+                before[1] + idle,
+                before[2] + int(connector.limit or 0),
+            )
+    return stats
+
+
 def http_session(config: ProviderConfig) -> aiohttp.ClientSession:
     """The pooled session of one provider on the running loop (created on first use)."""
     pools = _pools_of_running_loop()

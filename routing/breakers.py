@@ -8,8 +8,9 @@ a failure opens it again for another cooldown.
 
 State is in-process (each worker learns on its own, which is what a breaker needs: it
 reacts within N requests of the worker that sees the failures). The board's interface is
-what a shared (Redis) board would implement later. No metrics here; every state change is a
-log event (`breaker.opened`, `breaker.half_open`, `breaker.closed`).
+what a shared (Redis) board would implement later. Every state change is a
+log event (`breaker.opened`, `breaker.half_open`, `breaker.closed`) and sets the
+`gateway_breaker_state` gauge.
 
 Steady-state cost: deployments that never failed have no entry, so the hot path pays one
 dict lookup per target and nothing else."""
@@ -25,6 +26,7 @@ from enum import StrEnum
 from django.conf import settings
 
 from providers.types import ProviderError, ProviderUnavailable
+from routing.metrics import breaker_state_observe
 from routing.snapshot import Target
 
 logger = logging.getLogger("gateway.routing.breakers")
@@ -177,6 +179,7 @@ class BreakerBoard:
         )
 
     def _log(self, event: str, key: BreakerKey, breaker: _Breaker) -> None:
+        breaker_state_observe(provider_id=key[0], model_id=key[1], state=breaker.state.value)
         level = logging.WARNING if event == "breaker.opened" else logging.INFO
         logger.log(
             level,

@@ -344,10 +344,14 @@ class InferenceCall:
             latency_s=payload["latency_ms"] / 1000,
             ttft_s=self.ttft_ms / 1000 if self.ttft_ms is not None else None,
             fallbacks=self.fallbacks,
+            provider=target.provider.name if target is not None else "",
+            tenant=self.policy.tenant_id if self.policy else None,
         )
         logger.info(
             "request.finished",
             extra={
+                "model": payload["model"],
+                "provider": target.provider.name if target is not None else "",
                 "tenant_id": self.policy.tenant_id if self.policy else None,
                 "api_key_id": self.policy.key_id if self.policy else None,
                 "route": self.route.name if self.route else "",

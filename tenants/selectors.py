@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -91,11 +92,14 @@ async def api_key_policy_get(*, raw_key: str) -> KeyPolicy | None:
     if cached is not None:
         if now - cached[1] < settings.GATEWAY_SNAPSHOT_TTL_SECONDS:
             _policy_cache.move_to_end(key_hash)
+            _cache_observer(True)
             return cached[0]
     else:
         checked_at = _negative_cache.get(key_hash)
         if checked_at is not None and now - checked_at < _NEGATIVE_TTL_S:
+            _cache_observer(True)
             return None
+    _cache_observer(False)
     if database_outage.down:
         # Known keys are served from the cache (stale, up to GATEWAY_STALE_MAX_SECONDS since
         # they were loaded), unknown ones fail at once (503); a background probe (this key's
@@ -159,6 +163,19 @@ def api_key_policy_cached(*, raw_key: str) -> KeyPolicy | None:
     per-address limit of unauthenticated traffic wave known keys through."""
     cached = _policy_cache.get(api_key_hash(raw_key))
     return cached[0] if cached is not None else None
+
+
+def _cache_observer_unwired(hit: bool) -> None:
+    return None
+
+
+# Told of every policy-cache lookup (hit or miss); routing wires it to its metrics.
+_cache_observer: Callable[[bool], None] = _cache_observer_unwired
+
+
+def policy_cache_observer_set(fn: Callable[[bool], None] | None) -> None:
+    global _cache_observer
+    _cache_observer = fn or _cache_observer_unwired
 
 
 def policy_cache_clear() -> None:

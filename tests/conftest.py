@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,7 +88,10 @@ def gateway_server(
     """Start a real gateway server process on loopback against the test database; yield its
     base URL; stop it (by PID) afterwards."""
     port = free_port()
+    # As `make serve` does: an empty multiprocess directory, so /metrics merges all workers.
+    metrics_dir = Path(tempfile.mkdtemp(prefix=f"gw-prom-{port}-"))
     process_env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         **os.environ,
         "DATABASE_URL": test_database_url(),
         "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
@@ -139,6 +144,7 @@ def gateway_server(
         log_path = Path(log.name)
         server_log = log_path.read_text(errors="replace")
         log_path.unlink(missing_ok=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         if "Traceback" in server_log:
             print(server_log[-4000:])  # noqa: T201 - surfaced on failure by pytest
 

@@ -297,6 +297,15 @@ def _write_batch_blocking(payloads: list[dict[str, Any]]) -> WriteReport:
         close_old_connections()
 
 
+def _rollup_blocking() -> None:
+    from usage.rollups import usage_rollup
+
+    try:
+        usage_rollup()
+    finally:
+        close_old_connections()
+
+
 class UsageWriter:
     """Owns the queue and the writer task of one event loop."""
 
@@ -307,6 +316,29 @@ class UsageWriter:
         )
         self.batch_size = max(1, settings.GATEWAY_USAGE_WRITER_BATCH)
         self.task = loop.create_task(self._run(), name="usage-writer")
+        self._rollup_handle: asyncio.TimerHandle | None = None
+        self._rollup_last = 0.0
+
+    def _rollup_soon(self) -> None:
+        """Embedded mode has no beat: after a write, roll up once the interval since the last
+        rollup has passed (one trailing run covers every write in between)."""
+        interval = settings.GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS
+        if interval <= 0 or self._rollup_handle is not None:
+            return
+        delay = max(0.0, self._rollup_last + interval - self.loop.time())
+        self._rollup_handle = self.loop.call_later(delay, self._rollup_start)
+
+    def _rollup_start(self) -> None:
+        self.loop.create_task(self._rollup(), name="usage-rollup-after-write")
+
+    async def _rollup(self) -> None:
+        self._rollup_last = self.loop.time()
+        try:
+            await self.loop.run_in_executor(_executor, _rollup_blocking)
+        except Exception:
+            logger.exception("usage.rollup_after_write_failed")
+        finally:
+            self._rollup_handle = None
 
     async def put(self, payload: dict[str, Any]) -> None:
         # A full queue makes the caller wait (back-pressure); an event is never dropped.
@@ -328,6 +360,7 @@ class UsageWriter:
         while True:
             try:
                 await self.loop.run_in_executor(_executor, _write_batch_blocking, batch)
+                self._rollup_soon()
                 return
             except asyncio.CancelledError:
                 raise
