@@ -19,6 +19,8 @@ import pytest
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# /metrics needs the bearer token (tests/settings.py sets it for every process tests start).
+METRICS_AUTH = {"Authorization": f"Bearer {os.environ.get('GATEWAY_METRICS_TOKEN', '')}"}
 
 
 def _tcp_open(url: str, default_port: int) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from django.test import Client, override_settings
 
-from tests.conftest import ROOT
+from tests.conftest import METRICS_AUTH, ROOT
 
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.37.0"
@@ -148,7 +148,7 @@ def test_deployments_for_web_worker_beat_with_probes_on_health_and_readiness():
 def exposed_metric_names(db, redis_url) -> set[str]:
     """Every sample name our /metrics page can show (families with their suffixes)."""
     with override_settings(GATEWAY_METRICS_TENANT_LABEL=True):
-        text = Client().get("/metrics").content.decode()
+        text = Client().get("/metrics", headers=METRICS_AUTH).content.decode()
     names = {"up"}
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
         names.add(name)

@@ -26,6 +26,7 @@ from gateway_project.celery import BEAT_HEARTBEAT_KEY
 from providers.models import Model, ProviderKind
 from routing.breakers import breaker_board
 from tests.celery_workers import celery_worker_start, process_stop, wait_until
+from tests.conftest import METRICS_AUTH
 from tests.fake_upstream.fixtures import fake_upstream_thread  # noqa: F401
 from tests.routing.support import caches_clear, fake_provider, model_on, route, tenant_key
 from tests.usage.conftest import maker, usage_world  # noqa: F401
@@ -126,7 +127,7 @@ async def test_alerts_fire_once_on_injected_upstream_errors_and_recover(
         assert set(await _chat(client, raw, threshold)) == {502}
         await usage_events_settled(threshold)
         # The breaker opened, and /metrics says so.
-        page = (await AsyncClient().get("/metrics")).content.decode()
+        page = (await AsyncClient().get("/metrics", headers=METRICS_AUTH)).content.decode()
         assert (
             f'gateway_breaker_state{{model_id="{model.pk}",provider_id="{provider.pk}"}} 2.0'
             in page

@@ -28,7 +28,7 @@ def _settings_in_subprocess(env: dict[str, str], code: str) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "gateway_project.settings", **env},
+        env={**clean, "DJANGO_SETTINGS_MODULE": "tests.settings", **env},
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,6 +13,7 @@ from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from providers.models import ProviderKind
+from tests.conftest import METRICS_AUTH
 from tests.routing.support import (
     LIVE_ENV,
     caches_clear,
@@ -42,7 +43,7 @@ def scrape(base_or_text: str) -> dict[tuple[str, tuple], float]:
     if base_or_text.startswith("http"):
         # A new connection per scrape: with two workers, either may answer.
         text = httpx.get(
-            f"{base_or_text}/metrics", timeout=10, headers={"Connection": "close"}
+            f"{base_or_text}/metrics", timeout=10, headers={"Connection": "close", **METRICS_AUTH}
         ).text
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -180,7 +181,7 @@ def test_two_workers_metrics_equal_the_traffic_sent_whichever_worker_answers(
 
 
 def test_metrics_page_lists_the_seed_names_and_pipeline_gauges_in_process(db, redis_url):
-    samples = scrape(Client().get("/metrics").content.decode())
+    samples = scrape(Client().get("/metrics", headers=METRICS_AUTH).content.decode())
     for name in ("cache_hits_total", "cache_misses_total"):
         assert (name, (("cache", "key_policy"),)) in samples
     for name in (
@@ -200,7 +201,7 @@ def test_metrics_page_still_answers_when_redis_is_down(db):
         from gateway_project import ops
 
         ops._sync_clients.clear()
-        response = Client().get("/metrics")
+        response = Client().get("/metrics", headers=METRICS_AUTH)
         ops._sync_clients.clear()
     assert response.status_code == 200
     samples = scrape(response.content.decode())
