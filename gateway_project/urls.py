@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from gateway_project import health
 from routing.api import api as inference_api
+from usage.api.metrics import metrics_api
 
 urlpatterns = [
     path("health", health.liveness),
@@ -11,5 +12,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
+    path("", metrics_api.urls),
     path("", inference_api.urls),
 ]

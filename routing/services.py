@@ -40,6 +40,7 @@ from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
 from tenants.admission import Admission, request_admit, request_settle
 from tenants.policy import KeyPolicy
+from usage.realtime import realtime_begin, realtime_observe
 from usage.services import usage_event_record
 
 logger = logging.getLogger("gateway.routing")
@@ -119,6 +120,7 @@ class InferenceCall:
             input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
             output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
         )
+        realtime_begin(tenant_id=self.policy.tenant_id)
 
     @property
     def rate_limit_headers(self) -> dict[str, str]:
@@ -345,6 +347,13 @@ class InferenceCall:
             ttft_s=self.ttft_ms / 1000 if self.ttft_ms is not None else None,
             fallbacks=self.fallbacks,
         )
+        realtime_observe(
+            tenant_id=self.policy.tenant_id if self.policy else None,
+            latency_ms=payload["latency_ms"],
+            status_code=status_code,
+            outcome=outcome,
+            began=self.admission is not None,
+        )
         logger.info(
             "request.finished",
             extra={
@@ -455,3 +464,10 @@ async def rejected_request_record(
         started=started,
     )
     await usage_event_record(payload=payload)
+    realtime_observe(
+        tenant_id=policy.tenant_id if policy else None,
+        latency_ms=payload["latency_ms"],
+        status_code=status_code,
+        outcome="rejected",
+        began=False,
+    )

@@ -35,8 +35,10 @@ def _route_model_ids() -> dict[str, list[int]]:
 
 def connect() -> None:
     from providers.catalog import catalog_change_listener_add
+    from routing.breakers import breaker_board
     from routing.snapshot import snapshot_invalidate
     from tenants.admission import config_change_listener_add, spend_loader_set
+    from usage.metrics_selectors import breaker_states_loader_set
     from usage.selectors import route_models_loader_set, spend_sum
 
     catalog_change_listener_add(_local_invalidate)
@@ -44,3 +46,4 @@ def connect() -> None:
     config_change_listener_add(snapshot_invalidate)
     spend_loader_set(spend_sum)
     route_models_loader_set(_route_model_ids)
+    breaker_states_loader_set(breaker_board().provider_states)

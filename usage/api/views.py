@@ -7,6 +7,8 @@ from datetime import date
 
 from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.exceptions import PermissionDenied as ApiPermissionDenied
@@ -75,9 +77,18 @@ def _csv_response(lines, filename: str) -> StreamingHttpResponse:
     return response
 
 
+_FORMAT = OpenApiParameter("format", str, enum=["json", "csv"], required=False)
+_CSV = OpenApiResponse(OpenApiTypes.STR, description="CSV (text/csv)")
+
+
 class UsageReportView(ReportView):
     """GET /api/reports/usage/?start=YYYY-MM-DD&end=YYYY-MM-DD&group_by=...&tenant=<id>"""
 
+    @extend_schema(
+        summary="Usage and cost grouped by tenant, key, model, provider, day or hour",
+        parameters=[RangeParams, _FORMAT],
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request, *args, **kwargs):
         params = RangeParams(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -106,6 +117,11 @@ class UsageEventsExportView(ReportView):
     """GET /api/reports/events/?start&end&tenant — every raw event of the range as CSV,
     streamed from a server-side cursor (constant memory, any size)."""
 
+    @extend_schema(
+        summary="Every raw usage event of a range, as CSV",
+        parameters=[RangeParams],
+        responses={200: _CSV},
+    )
     def get(self, request: Request, *args, **kwargs):
         params = RangeParams(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -121,6 +137,11 @@ class UsageEventsExportView(ReportView):
 class StatementView(ReportView):
     """GET /api/reports/statements/<tenant_id>/<YYYY-MM>/ (JSON, or CSV with ?format=csv)."""
 
+    @extend_schema(
+        summary="A tenant's monthly statement",
+        parameters=[_FORMAT],
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request, tenant_id: int, month: str, *args, **kwargs):
         _scope(request, tenant_id)
         try:
