@@ -33,6 +33,7 @@ logger = logging.getLogger("gateway.usage.realtime")
 WINDOW_S = 60
 KEY_TTL_S = 120
 REALTIME_FLUSH_S = 0.25
+IDLE_TICKS = 20
 # An in-flight figure older than this belongs to a process that stopped publishing.
 INFLIGHT_STALE_MS = 3_000
 KEY_PREFIX = "gw:rt"
@@ -40,7 +41,8 @@ KEY_PREFIX = "gw:rt"
 # Latency bucket upper bounds in ms: 0.5 ms x 1.25^i up to ~10 minutes, then +inf.
 BUCKET_GROWTH = 1.25
 BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(
-    round(0.5 * BUCKET_GROWTH**i, 3) for i in range(int(math.log(1_200_000) / math.log(1.25)) + 1)
+    round(0.5 * BUCKET_GROWTH**i, 3)
+    for i in range(math.ceil(math.log(1_200_000) / math.log(BUCKET_GROWTH)) + 1)
 )
 
 ALL = "all"
@@ -99,7 +101,7 @@ def _is_error(status_code: int, outcome: str) -> bool:
 class RealtimeBoard:
     """This process's per-second buckets and in-flight counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: str | None = None) -> None:
         # (scope, second) -> bucket: everything this process saw in the last window.
         self.local: dict[tuple[str, int], SecondBucket] = {}
         # What has not reached Redis yet.
@@ -108,7 +110,7 @@ class RealtimeBoard:
         self._flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = (
             weakref.WeakKeyDictionary()
         )
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         # Scopes whose in-flight count changed since the last publish (zero must be published).
         self._inflight_dirty: set[str] = set()
 
@@ -180,12 +182,23 @@ class RealtimeBoard:
             self._flushers[loop] = loop.create_task(self._flush_forever())
 
     async def _flush_forever(self) -> None:
-        while True:
+        """Flushes every REALTIME_FLUSH_S; ends after IDLE_TICKS ticks with nothing to send
+        and nothing in flight (the next observation starts it again)."""
+        idle = 0
+        while idle < IDLE_TICKS:
             await asyncio.sleep(REALTIME_FLUSH_S)
+            busy = bool(self.pending or self._inflight_dirty or any(self.inflight.values()))
+            idle = 0 if busy else idle + 1
             try:
                 await self.flush()
             except Exception:
                 logger.warning("realtime.flush_failed", exc_info=True)
+
+    def reset(self) -> None:
+        self.local.clear()
+        self.pending.clear()
+        self.inflight.clear()
+        self._inflight_dirty.clear()
 
     async def flush(self) -> None:
         """Adds pending buckets and publishes in-flight counts, in one round trip."""
