@@ -17,11 +17,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Avg, Count, Max, Q, QuerySet, Sum
+from django.db.models import Avg, Count, DecimalField, F, Max, Q, QuerySet, Sum
+from django.db.models.functions import TruncDay
 
 from providers.models import Provider
 from tenants.models import ApiKey
-from usage.models import Outcome, UsageAttempt, UsageEvent
+from usage.models import COST_QUANTUM, Outcome, UsageAttempt, UsageEvent
 from usage.rollups import cache_savings
 from usage.selectors import route_savings_from_rows
 
@@ -252,10 +253,7 @@ def metrics_costs(
         k.id: k.name or k.prefix
         for k in ApiKey.objects.filter(pk__in=list(by_key_id)).only("id", "name", "prefix")
     }
-    by_day: dict[str, Decimal] = {}
-    for created, cost in events.values_list("created_at", "cost_usd"):
-        day = created.astimezone(UTC).date().isoformat()
-        by_day[day] = by_day.get(day, _ZERO) + cost
+    by_day = _money_by_day(events)
     route_rows = list(
         events.exclude(route="")
         .exclude(model_id=None)
@@ -267,11 +265,7 @@ def metrics_costs(
         for row in route_rows:
             row["cost"] = exact[(row["route"], row["model_id"])]
     savings = route_savings_from_rows(route_rows)
-    cache = _ZERO
-    for tokens, price in events.filter(cache_read_tokens__gt=0).values_list(
-        "cache_read_tokens", "input_price_per_mtok"
-    ):
-        cache += cache_savings(tokens, price)
+    cache = _cache_savings(events.filter(cache_read_tokens__gt=0))
     routing_savings = sum((s.savings_usd for s in savings), _ZERO)
     return {
         "window": _window(start, end),
@@ -299,6 +293,38 @@ def metrics_costs(
             ],
         },
     }
+
+
+def _money_by_day(qs: QuerySet) -> dict[str, Decimal]:
+    """Cost per UTC day."""
+    if _is_postgres():
+        rows = (
+            qs.annotate(day=TruncDay("created_at", tzinfo=UTC))
+            .values("day")
+            .annotate(c=Sum("cost_usd"))
+        )
+        return {r["day"].date().isoformat(): r["c"] for r in rows}
+    by_day: dict[str, Decimal] = {}
+    for created, cost in qs.values_list("created_at", "cost_usd"):
+        day = created.astimezone(UTC).date().isoformat()
+        by_day[day] = by_day.get(day, _ZERO) + cost
+    return by_day
+
+
+def _cache_savings(qs: QuerySet) -> Decimal:
+    """List-price value of cache-read prompt tokens (exact; as rollups.cache_savings)."""
+    if _is_postgres():
+        total = qs.aggregate(
+            v=Sum(
+                F("cache_read_tokens") * F("input_price_per_mtok"),
+                output_field=DecimalField(max_digits=40, decimal_places=6),
+            )
+        )["v"]
+        return (total or _ZERO).scaleb(-6).quantize(COST_QUANTUM)
+    total = _ZERO
+    for tokens, price in qs.values_list("cache_read_tokens", "input_price_per_mtok"):
+        total += cache_savings(tokens, price)
+    return total
 
 
 def _money_by_pairs(qs: QuerySet) -> dict[tuple[str, int], Decimal]:

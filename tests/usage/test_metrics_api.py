@@ -19,7 +19,9 @@ from routing.breakers import breaker_board
 from tenants.models import TenantMembership
 from tests.factories import api_key_create_for_test
 from tests.usage.conftest import at
+from usage import metrics_selectors
 from usage.metrics_selectors import percentile_cont
+from usage.rollups import cache_savings
 from usage.services import usage_events_write
 
 WINDOW = {"start": "2026-10-01", "end": "2026-10-31"}
@@ -34,7 +36,9 @@ def _body(response) -> dict:
     return json.loads(response.content, parse_float=Decimal)
 
 
-def _payload(maker, *, created_at, latency_ms, ttft_ms, outcome, status, model_index, tokens):
+def _payload(
+    maker, *, created_at, latency_ms, ttft_ms, outcome, status, model_index, tokens, cached=0
+):
     payload = maker.payload(
         created_at=created_at,
         tokens_in=tokens[0],
@@ -42,6 +46,7 @@ def _payload(maker, *, created_at, latency_ms, ttft_ms, outcome, status, model_i
         target_index=model_index,
         outcome="ok" if outcome == "rejected" else outcome,
         status_code=status,
+        cache_read_tokens=cached,
     )
     payload["latency_ms"] = latency_ms
     payload["ttft_ms"] = ttft_ms
@@ -83,6 +88,7 @@ def traffic(usage_world, maker):
                 status={"ok": 200, "error": 502, "cancelled": 499, "rejected": 429}[outcome],
                 model_index=i % 2,
                 tokens=(10 + i * 7, 3 + i * 5),
+                cached=(i * 3) if i % 4 == 0 and outcome == "ok" else 0,
             )
         )
     for i in range(10):
@@ -328,6 +334,13 @@ def test_costs_break_down_by_model_provider_key_and_day_with_savings(traffic):
     assert route["most_expensive_model"] == dear.name
     assert route["savings_usd"] == ceiling - total
     assert body["savings"]["routing_usd"] == ceiling - total
+    cache = sum(
+        (cache_savings(e["cache_read_tokens"], Decimal(e["input_price_per_mtok"])) for e in events),
+        Decimal(0),
+    )
+    assert cache > 0
+    assert body["savings"]["cache_usd"] == cache
+    assert body["savings"]["total_usd"] == ceiling - total + cache
 
 
 def test_logs_are_newest_first_scoped_and_carry_no_prompt(traffic):
@@ -391,6 +404,44 @@ def test_default_window_is_the_last_day(traffic, maker):
     body = _body(_get(Client(), "/api/v1/metrics/summary", _key(traffic["raw_a"][1])))
     assert body["requests"]["total"] == 1
     assert body["latency_ms"]["p50"] == Decimal("42")
+
+
+def test_percentile_cont_matches_postgresql_definition():
+    assert percentile_cont([], 0.5) is None
+    assert percentile_cont([7.0], 0.99) == 7.0
+    assert percentile_cont([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile_cont([1.0, 2.0, 3.0, 4.0], 0.95) == pytest.approx(3.85)
+    assert percentile_cont([10.0, 20.0], 0.0) == 10.0
+
+
+def test_sqlite_fallback_gives_the_same_figures_as_postgresql(traffic, monkeypatch):
+    """The Python paths (embedded mode) run over the same rows and must agree exactly."""
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    scopes = [None, [traffic["acme"].id]]
+    on_pg = [
+        (
+            metrics_selectors.metrics_summary(tenant_ids=t, start=start, end=end),
+            metrics_selectors.metrics_costs(tenant_ids=t, start=start, end=end),
+            metrics_selectors.metrics_model(
+                tenant_ids=t, model=traffic["dear"].name, start=start, end=end
+            ),
+            metrics_selectors.stats_get(tenant_ids=t),
+        )
+        for t in scopes
+    ]
+    monkeypatch.setattr(metrics_selectors, "_is_postgres", lambda: False)
+    in_python = [
+        (
+            metrics_selectors.metrics_summary(tenant_ids=t, start=start, end=end),
+            metrics_selectors.metrics_costs(tenant_ids=t, start=start, end=end),
+            metrics_selectors.metrics_model(
+                tenant_ids=t, model=traffic["dear"].name, start=start, end=end
+            ),
+            metrics_selectors.stats_get(tenant_ids=t),
+        )
+        for t in scopes
+    ]
+    assert in_python == on_pg
 
 
 def test_every_endpoint_is_in_an_openapi_document(db):
