@@ -102,7 +102,7 @@ class RealtimeBoard:
     """This process's per-second buckets and in-flight counts."""
 
     def __init__(self, *, worker: str | None = None) -> None:
-        # (scope, second) -> bucket: everything this process saw in the last window.
+        # (scope, second) -> bucket: embedded mode's store (the last window of this process).
         self.local: dict[tuple[str, int], SecondBucket] = {}
         # What has not reached Redis yet.
         self.pending: dict[tuple[str, int], SecondBucket] = {}
@@ -116,10 +116,10 @@ class RealtimeBoard:
 
     # -- writes (request path: dict updates only) --------------------------------------
     def begin(self, tenant_id: int | None) -> None:
+        self._ensure_flusher()
         for scope in (ALL, scope_for_tenant(tenant_id)) if tenant_id is not None else (ALL,):
             self.inflight[scope] += 1
             self._inflight_dirty.add(scope)
-        self._ensure_flusher()
 
     def observe(
         self,
@@ -131,23 +131,24 @@ class RealtimeBoard:
         began: bool,
         now: float | None = None,
     ) -> None:
+        # Redis: counts wait in `pending` for the flusher; embedded: `local` is the store.
+        table = self.pending if self._ensure_flusher() else self.local
         second = int(now if now is not None else time.time())
         index = bucket_index(latency_ms)
         error = _is_error(status_code, outcome)
-        scopes = (ALL, scope_for_tenant(tenant_id)) if tenant_id is not None else (ALL,)
-        for scope in scopes:
-            for table in (self.local, self.pending):
-                bucket = table.get((scope, second))
-                if bucket is None:
-                    bucket = table[(scope, second)] = SecondBucket()
-                bucket.requests += 1
-                bucket.errors += error
-                bucket.latency[index] = bucket.latency.get(index, 0) + 1
+        for scope in (ALL, scope_for_tenant(tenant_id)) if tenant_id is not None else (ALL,):
+            bucket = table.get((scope, second))
+            if bucket is None:
+                bucket = table[(scope, second)] = SecondBucket()
+            bucket.requests += 1
+            bucket.errors += error
+            latency = bucket.latency
+            latency[index] = latency.get(index, 0) + 1
             if began:
                 self.inflight[scope] = max(0, self.inflight[scope] - 1)
                 self._inflight_dirty.add(scope)
-        self._prune(second)
-        self._ensure_flusher()
+        if table is self.local:
+            self._prune(second)
 
     def _prune(self, second: int) -> None:
         if len(self.local) < 512:
@@ -167,19 +168,18 @@ class RealtimeBoard:
         return buckets, self.inflight.get(scope, 0)
 
     # -- Redis publishing ---------------------------------------------------------------
-    def _ensure_flusher(self) -> None:
-        store = state_store()
-        if not hasattr(store, "client"):
-            # Embedded: nothing to publish; local buckets are the store.
-            self.pending.clear()
-            return
+    def _ensure_flusher(self) -> bool:
+        """True when counts go to Redis (a flusher runs on the current loop, if any)."""
+        if not hasattr(state_store(), "client"):
+            return False  # embedded: local buckets are the store
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return True  # no loop (sync code): flushed by the next flush() call
         task = self._flushers.get(loop)
         if task is None or task.done():
             self._flushers[loop] = loop.create_task(self._flush_forever())
+        return True
 
     async def _flush_forever(self) -> None:
         """Flushes every REALTIME_FLUSH_S; ends after IDLE_TICKS ticks with nothing to send
