@@ -455,6 +455,13 @@ def test_every_endpoint_is_in_an_openapi_document(db):
         "/api/v1/metrics/realtime",
         "/stats",
     }
+    assert set(metrics["components"]["securitySchemes"]) == {
+        "apiKeyBearer",
+        "apiKeyHeader",
+        "operatorToken",
+    }
+    summary = metrics["paths"]["/api/v1/metrics/summary"]["get"]
+    assert {"200", "400", "401", "403"} <= set(summary["responses"])
     reports = Client().get("/api/reports/schema/", HTTP_ACCEPT="application/json")
     assert reports.status_code == 200, reports.content[:300]
     paths = json.loads(reports.content)["paths"]

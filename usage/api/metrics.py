@@ -55,7 +55,27 @@ class ExactJSONRenderer(BaseRenderer):
         return _json(data)
 
 
-metrics_api = NinjaAPI(
+class MetricsAPI(NinjaAPI):
+    """Declares the three ways to authenticate in the OpenAPI document (the views check them
+    themselves, to answer in OpenAI's error shape)."""
+
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "apiKeyBearer": {"type": "http", "scheme": "bearer", "description": "API key"},
+            "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "operatorToken": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <DRF token>` of an operator",
+            },
+        }
+        schema["security"] = [{"apiKeyBearer": []}, {"apiKeyHeader": []}, {"operatorToken": []}]
+        return schema
+
+
+metrics_api = MetricsAPI(
     title="LLM Gateway metrics API",
     version="1",
     description="Usage metrics per tenant. Authenticate with an API key (`Authorization: "
@@ -145,6 +165,20 @@ async def tenant_scope_for(request: HttpRequest, tenant: int | None) -> list[int
 
 
 # -- parameters and shapes -------------------------------------------------------------
+class ErrorDetail(Schema):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(Schema):
+    error: ErrorDetail
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut}
+
+
 class WindowParams(Schema):
     tenant: int | None = None
     window: str | None = None
@@ -334,14 +368,18 @@ class StatsOut(Schema):
 
 
 # -- endpoints -----------------------------------------------------------------------------
-@router.get("/summary", response=SummaryOut, summary="Requests, latency percentiles, costs")
+@router.get(
+    "/summary", response={200: SummaryOut, **ERRORS}, summary="Requests, latency percentiles, costs"
+)
 async def summary(request: HttpRequest, params: Query[WindowParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     start, end = _range(params)
     return await sync_to_async(sel.metrics_summary)(tenant_ids=tenant_ids, start=start, end=end)
 
 
-@router.get("/models/{model}", response=ModelOut, summary="One served model's performance")
+@router.get(
+    "/models/{model}", response={200: ModelOut, **ERRORS}, summary="One served model's performance"
+)
 async def model_detail(request: HttpRequest, model: str, params: Query[WindowParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     start, end = _range(params)
@@ -350,21 +388,27 @@ async def model_detail(request: HttpRequest, model: str, params: Query[WindowPar
     )
 
 
-@router.get("/providers", response=ProvidersOut, summary="Provider health")
+@router.get("/providers", response={200: ProvidersOut, **ERRORS}, summary="Provider health")
 async def providers(request: HttpRequest, params: Query[WindowParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     start, end = _range(params)
     return await sync_to_async(sel.metrics_providers)(tenant_ids=tenant_ids, start=start, end=end)
 
 
-@router.get("/costs", response=CostBreakdownOut, summary="Costs by model, provider, key, day")
+@router.get(
+    "/costs",
+    response={200: CostBreakdownOut, **ERRORS},
+    summary="Costs by model, provider, key, day",
+)
 async def costs(request: HttpRequest, params: Query[WindowParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     start, end = _range(params)
     return await sync_to_async(sel.metrics_costs)(tenant_ids=tenant_ids, start=start, end=end)
 
 
-@router.get("/logs", response=LogsOut, summary="Recent requests (never prompts or answers)")
+@router.get(
+    "/logs", response={200: LogsOut, **ERRORS}, summary="Recent requests (never prompts or answers)"
+)
 async def logs(request: HttpRequest, params: Query[LogParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     if not 1 <= params.limit <= sel.LOGS_MAX_LIMIT:
@@ -381,7 +425,9 @@ async def logs(request: HttpRequest, params: Query[LogParams]):
     return {"logs": rows, "count": len(rows)}
 
 
-@router.get("/realtime", response=RealtimeOut, summary="The last 60 seconds, all workers")
+@router.get(
+    "/realtime", response={200: RealtimeOut, **ERRORS}, summary="The last 60 seconds, all workers"
+)
 async def realtime(request: HttpRequest, params: Query[TenantParam]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     stats = await realtime_stats(tenant_ids=tenant_ids)
@@ -404,7 +450,9 @@ async def realtime(request: HttpRequest, params: Query[TenantParam]):
 metrics_api.add_router("/api/v1/metrics", router)
 
 
-@metrics_api.get("/stats", response=StatsOut, tags=["metrics"], summary="Totals (demo seed)")
+@metrics_api.get(
+    "/stats", response={200: StatsOut, **ERRORS}, tags=["metrics"], summary="Totals (demo seed)"
+)
 async def stats(request: HttpRequest, params: Query[TenantParam]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
     result = await sync_to_async(sel.stats_get)(tenant_ids=tenant_ids)
