@@ -314,10 +314,12 @@ class InferenceCall:
         for target in target_order(self.route):
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
+            attempt, upstream = self._trace_attempt(target, 0)
             try:
-                response = await adapter.embed(
-                    dataclasses.replace(request, model=target.model.upstream_model)
-                )
+                with attempt, upstream:
+                    response = await adapter.embed(
+                        dataclasses.replace(request, model=target.model.upstream_model)
+                    )
             except ProviderError as exc:
                 self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc

@@ -338,6 +338,7 @@ def _money_by_pairs(qs: QuerySet) -> dict[tuple[str, int], Decimal]:
 LOG_FIELDS = (
     "request_id",
     "created_at",
+    "tenant_id",
     "api_key_id",
     "route",
     "model",

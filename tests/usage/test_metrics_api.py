@@ -271,8 +271,9 @@ def test_model_metrics_equal_that_models_events(traffic):
     assert body["costs"]["total_usd"] == total
     assert body["providers"] == [traffic["provider"].name]
     unknown = _body(
-        _get(Client(), "/api/v1/metrics/models/no-such", _key(traffic["raw_a"][1]), **WINDOW)
+        _get(Client(), "/api/v1/metrics/models/org/no-such", _key(traffic["raw_a"][1]), **WINDOW)
     )
+    assert unknown["model"] == "org/no-such"
     assert unknown["requests"]["total"] == 0
 
 
@@ -360,6 +361,21 @@ def test_logs_are_newest_first_scoped_and_carry_no_prompt(traffic):
     for row in body["logs"]:
         if row["request_id"] in by_id:
             assert row["cost_usd"] == Decimal(by_id[row["request_id"]]["cost_usd"])
+    assert {r["tenant_id"] for r in body["logs"]} == {traffic["acme"].id}
+    # Paging: `before` the oldest shown on a page gives the next page.
+    page = _body(_get(Client(), "/api/v1/metrics/logs", _key(traffic["raw_a"][1]), limit=10))
+    after = _body(
+        _get(
+            Client(),
+            "/api/v1/metrics/logs",
+            _key(traffic["raw_a"][1]),
+            limit=10,
+            before=page["logs"][-1]["created_at"],
+        )
+    )
+    assert [r["request_id"] for r in page["logs"] + after["logs"]] == [
+        r["request_id"] for r in body["logs"][:20]
+    ]
     bad = _get(Client(), "/api/v1/metrics/logs", _key(traffic["raw_a"][1]), limit=501)
     assert bad.status_code == 400
     assert _body(bad)["error"]["code"] == "invalid_limit"

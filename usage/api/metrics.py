@@ -311,6 +311,7 @@ class LogParams(Schema):
 class LogEntry(Schema):
     request_id: str
     created_at: datetime
+    tenant_id: int | None
     api_key_id: int | None
     route: str
     model: str
@@ -378,7 +379,9 @@ async def summary(request: HttpRequest, params: Query[WindowParams]):
 
 
 @router.get(
-    "/models/{model}", response={200: ModelOut, **ERRORS}, summary="One served model's performance"
+    "/models/{path:model}",
+    response={200: ModelOut, **ERRORS},
+    summary="One served model's performance",
 )
 async def model_detail(request: HttpRequest, model: str, params: Query[WindowParams]):
     tenant_ids = await tenant_scope_for(request, params.tenant)
