@@ -26,6 +26,8 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
+
 from tenants.state import state_store
 
 logger = logging.getLogger("gateway.usage.realtime")
@@ -36,7 +38,31 @@ REALTIME_FLUSH_S = 0.25
 IDLE_TICKS = 20
 # An in-flight figure older than this belongs to a process that stopped publishing.
 INFLIGHT_STALE_MS = 3_000
-KEY_PREFIX = "gw:rt"
+# One hash tag: every key of the view lives in one cluster slot, so one script can touch all.
+KEY_PREFIX = "{gw:rt}"
+
+# The flush as ONE command whatever it carries (per key: mode "i" = HINCRBY, "s" = HSET, then
+# the number of field/value pairs and the pairs; every key then expires after ARGV[1] s).
+_FLUSH_LUA = """
+-- {gw:rt} realtime flush (usage/realtime.py)
+local ttl = tonumber(ARGV[1])
+local pos = 2
+for _, key in ipairs(KEYS) do
+  local mode = ARGV[pos]
+  local pairs = tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  for _ = 1, pairs do
+    if mode == 'i' then
+      redis.call('HINCRBY', key, ARGV[pos], ARGV[pos + 1])
+    else
+      redis.call('HSET', key, ARGV[pos], ARGV[pos + 1])
+    end
+    pos = pos + 2
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
 
 # Latency bucket upper bounds in ms: 0.5 ms x 1.25^i up to ~10 minutes, then +inf.
 BUCKET_GROWTH = 1.25
@@ -113,6 +139,7 @@ class RealtimeBoard:
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         # Scopes whose in-flight count changed since the last publish (zero must be published).
         self._inflight_dirty: set[str] = set()
+        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- writes (request path: dict updates only) --------------------------------------
     def begin(self, tenant_id: int | None) -> None:
@@ -186,13 +213,15 @@ class RealtimeBoard:
         and nothing in flight (the next observation starts it again)."""
         idle = 0
         while idle < IDLE_TICKS:
-            await asyncio.sleep(REALTIME_FLUSH_S)
             busy = bool(self.pending or self._inflight_dirty or any(self.inflight.values()))
             idle = 0 if busy else idle + 1
             try:
+                # The first flush runs at once: the flusher's connection and script are set
+                # up while the process is cold, not in the middle of later traffic.
                 await self.flush()
             except Exception:
                 logger.warning("realtime.flush_failed", exc_info=True)
+            await asyncio.sleep(REALTIME_FLUSH_S)
 
     def reset(self) -> None:
         self.local.clear()
@@ -200,8 +229,19 @@ class RealtimeBoard:
         self.inflight.clear()
         self._inflight_dirty.clear()
 
+    def _script(self, store):
+        """The flush script on this loop's own connection (never one the request path may be
+        waiting for)."""
+        loop = asyncio.get_running_loop()
+        script = self._scripts.get(loop)
+        if script is None:
+            client = aioredis.Redis.from_url(store.url, socket_timeout=5.0)
+            script = self._scripts[loop] = client.register_script(_FLUSH_LUA)
+        return script
+
     async def flush(self) -> None:
-        """Adds pending buckets and publishes in-flight counts, in one round trip."""
+        """Adds pending buckets and publishes in-flight counts: one EVALSHA, however many
+        requests it carries (so never a per-request Redis command)."""
         store = state_store()
         if not hasattr(store, "client"):
             self.pending.clear()
@@ -212,18 +252,19 @@ class RealtimeBoard:
         if not pending and not dirty:
             return
         now_ms = int(time.time() * 1000)
-        pipe = store.client().pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[str | int] = [KEY_TTL_S]
         for (scope, second), bucket in pending.items():
-            key = f"{KEY_PREFIX}:{scope}:{second}"
-            for name, value in bucket.fields().items():
-                pipe.hincrby(key, name, value)
-            pipe.expire(key, KEY_TTL_S)
+            keys.append(f"{KEY_PREFIX}:{scope}:{second}")
+            fields = bucket.fields()
+            args += ["i", len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
         for scope in dirty:
-            key = f"{KEY_PREFIX}:inflight:{scope}"
-            pipe.hset(key, self.worker, f"{self.inflight.get(scope, 0)}:{now_ms}")
-            pipe.expire(key, KEY_TTL_S)
+            keys.append(f"{KEY_PREFIX}:inflight:{scope}")
+            args += ["s", 1, self.worker, f"{self.inflight.get(scope, 0)}:{now_ms}"]
         try:
-            await pipe.execute()
+            await self._script(store)(keys=keys, args=args)
         except Exception:
             # Put the counts back: they are added on the next flush instead of being lost.
             for key, bucket in pending.items():

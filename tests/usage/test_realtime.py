@@ -124,17 +124,51 @@ async def test_in_flight_sums_live_processes_and_ignores_stale_ones(redis_url):
 async def test_a_failed_flush_keeps_its_counts_for_the_next_one(redis_url, monkeypatch):
     board = RealtimeBoard(worker="host:9")
     board.observe(tenant_id=1, latency_ms=3, status_code=200, outcome="ok", began=False)
-    from redis.asyncio.client import Pipeline
+    from redis.commands.core import AsyncScript
 
     async def broken(self, *args, **kwargs):
         raise ConnectionError("redis went away")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Pipeline, "execute", broken)
+        patch.setattr(AsyncScript, "__call__", broken)
         with pytest.raises(ConnectionError):
             await board.flush()
     await board.flush()
     assert (await realtime_stats(tenant_ids=None)).requests == 1
+
+
+async def test_a_flush_is_one_redis_command_however_many_requests_it_carries(
+    redis_url, monkeypatch
+):
+    """The request path never talks to Redis for this view: a worker's flush is one EVALSHA
+    (after the script is loaded once), whether it carries one request or a thousand."""
+    import asyncio
+
+    board = RealtimeBoard(worker="host:3")
+    board.observe(tenant_id=1, latency_ms=1, status_code=200, outcome="ok", began=False)
+    await board.flush()  # loads the script
+    client = board._scripts[asyncio.get_running_loop()].registered_client
+    sent: list[str] = []
+    original = client.execute_command
+
+    async def counting(*args, **kwargs):
+        sent.append(str(args[0]).upper())
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    now = time.time()
+    for i in range(1000):
+        board.begin(i % 7)
+        board.observe(
+            tenant_id=i % 7, latency_ms=i, status_code=200, outcome="ok", began=True, now=now
+        )
+    assert sent == []  # nothing on the request path
+    await board.flush()
+    assert sent == ["EVALSHA"]
+    monkeypatch.undo()
+    stats = await realtime_stats(tenant_ids=None, now=now)
+    assert stats.requests == 1001  # the first observation is in the window too
+    assert (await realtime_stats(tenant_ids=[3], now=now)).requests == len(range(3, 1000, 7))
 
 
 async def test_embedded_mode_reads_the_process_board():
