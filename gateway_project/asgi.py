@@ -32,6 +32,7 @@ from gateway_project.metrics import metrics_process_exit  # noqa: E402
 from gateway_project.ws_guard import WebsocketGuard  # noqa: E402
 from providers.adapters.base import adapters_close  # noqa: E402
 from providers.http import http_clients_close  # noqa: E402
+from routing.tracing import tracing_shutdown  # noqa: E402
 from routing.ws_urls import websocket_urlpatterns  # noqa: E402
 from usage.services import usage_events_flush  # noqa: E402
 
@@ -47,6 +48,8 @@ async def shutdown_cleanup() -> None:
         ("adapters_close", adapters_close),
         # Sessions opened outside an adapter (none today) are pooled there too.
         ("http_clients_close", http_clients_close),
+        # Buffered spans (tracing on) go to the collector before the process exits.
+        ("tracing_shutdown", tracing_shutdown),
     )
     for name, step in steps:
         try:

@@ -495,6 +495,17 @@ GATEWAY_USAGE_ROLLUP_AFTER_WRITE_SECONDS = env_float(
 GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 90)
 # Prometheus: per-tenant series (gateway_tenant_*) only when turned on (one series per tenant).
 GATEWAY_METRICS_TENANT_LABEL = env_bool("GATEWAY_METRICS_TENANT_LABEL", False)
+# OpenTelemetry traces (off by default; docs/metrics-api.md): OTLP over HTTP to
+# OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces".
+GATEWAY_OTEL_ENABLED = env_bool("GATEWAY_OTEL_ENABLED", False)
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+GATEWAY_OTEL_TRACES_ENDPOINT = env_str(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", OTEL_EXPORTER_OTLP_ENDPOINT.rstrip("/") + "/v1/traces"
+)
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "llm-gateway")
+if GATEWAY_OTEL_ENABLED:
+    # Keeps the client's traceparent for the request span; absent (zero cost) when off.
+    INFERENCE_MIDDLEWARE = [*INFERENCE_MIDDLEWARE, "routing.tracing.TraceContextMiddleware"]
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 

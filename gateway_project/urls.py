@@ -5,6 +5,7 @@ from gateway_project import health
 from gateway_project.metrics import metrics_view
 from gateway_project.outage import inference_outage_handlers_install
 from routing.api import api as inference_api
+from usage.api.metrics import metrics_api
 
 inference_outage_handlers_install(inference_api)
 
@@ -15,5 +16,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
+    path("", metrics_api.urls),
     path("", inference_api.urls),
 ]

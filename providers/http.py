@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,13 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 500
 _DEFAULT_POOL_LIMIT = 256
 _DEFAULT_KEEPALIVE_S = 30.0
+
+# Extra headers for the upstream calls made in the current context (W3C trace context:
+# traceparent, tracestate). The caller sets them around one upstream call; they are added to
+# whatever the adapter sends and never logged.
+outbound_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "outbound_headers", default=None
+)
 
 
 # -- pooled sessions ---------------------------------------------------------------------
@@ -441,6 +449,9 @@ async def _open(
     error (its body read for the message, bounded in size and time)."""
     loop = asyncio.get_running_loop()
     session = http_session(config)
+    extra = outbound_headers.get()
+    if extra:
+        headers = {**headers, **extra}
     phase_deadline = min(loop.time() + config.first_byte_timeout_s, deadline)
     try:
         async with asyncio.timeout_at(phase_deadline):

@@ -155,6 +155,16 @@ class BreakerBoard:
         if previous is not BreakerState.CLOSED:
             self._log("breaker.closed", key, _Breaker())
 
+    def provider_states(self) -> dict[int, str]:
+        """Provider id -> the worst state among its deployments that are not closed."""
+        rank = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+        worst: dict[int, BreakerState] = {}
+        for key in list(self._breakers):
+            state = self.state(key)
+            if rank[state] > rank[worst.get(key[0], BreakerState.CLOSED)]:
+                worst[key[0]] = state
+        return {provider_id: str(state) for provider_id, state in worst.items()}
+
     def reset(self) -> None:
         self._breakers.clear()
 

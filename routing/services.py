@@ -29,6 +29,7 @@ from providers.types import (
     ProviderRateLimited,
     Usage,
 )
+from routing import tracing
 from routing.breakers import (
     breaker_acquire,
     breaker_available_targets,
@@ -40,6 +41,7 @@ from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
 from tenants.admission import Admission, request_admit, request_settle
 from tenants.policy import KeyPolicy
+from usage.realtime import realtime_begin, realtime_observe
 from usage.services import usage_event_record
 
 logger = logging.getLogger("gateway.routing")
@@ -105,20 +107,34 @@ class InferenceCall:
         self.unit_prices: tuple[Decimal, Decimal] | None = None
         self._messages: list[dict[str, Any]] = []
         self._streamed_text: list[str] = []
+        self.trace = tracing.request_span(
+            endpoint=endpoint,
+            model=route.name,
+            request_id=request_id,
+            tenant_id=policy.tenant_id if policy else None,
+        )
 
     # -- admission ---------------------------------------------------------------------
     async def admit(self, *, messages: list[dict[str, Any]], max_tokens: int | None) -> None:
         self._messages = messages
         targets = self.route.targets
         max_out = max_tokens or max(t.model.max_output_tokens for t in targets)
-        self.admission = await request_admit(
-            policy=self.policy,
-            request_id=self.request_id,
-            estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
-            max_output_tokens=max_out,
-            input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
-            output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
-        )
+        try:
+            with tracing.child_span(self.trace, "gateway.admission"):
+                self.admission = await request_admit(
+                    policy=self.policy,
+                    request_id=self.request_id,
+                    estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
+                    max_output_tokens=max_out,
+                    input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
+                    output_price_per_mtok=max(
+                        t.model.price_at(self.created_at)[1] for t in targets
+                    ),
+                )
+        except BaseException as exc:
+            tracing.request_span_abort(self.trace, exc)
+            raise
+        realtime_begin(tenant_id=self.policy.tenant_id)
 
     @property
     def rate_limit_headers(self) -> dict[str, str]:
@@ -140,6 +156,24 @@ class InferenceCall:
         return max(0, len(targets) - 1)
 
     # -- execution ---------------------------------------------------------------------
+    def _trace_attempt(self, target: Target, retry_index: int):
+        """The attempt span and, inside it, the upstream call's client span (both no-ops when
+        tracing is off), to be entered together: `with attempt, upstream: <call>`."""
+        attempt = tracing.attempt_span(
+            self.trace,
+            provider=target.provider.name,
+            model=target.model.name,
+            retry_index=retry_index,
+        )
+        upstream = tracing.upstream_span(
+            attempt,
+            operation=self.endpoint,
+            provider_kind=target.provider.kind,
+            upstream_model=target.model.upstream_model,
+            base_url=target.provider.base_url,
+        )
+        return attempt, upstream
+
     def _request_for(self, chat: ChatRequest, target: Target) -> ChatRequest:
         max_tokens = chat.max_tokens or target.model.max_output_tokens
         return dataclasses.replace(chat, model=target.model.upstream_model, max_tokens=max_tokens)
@@ -199,8 +233,11 @@ class InferenceCall:
                 continue
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
+            attempt, upstream = self._trace_attempt(target, retry_index)
             try:
-                response = await adapter.chat(self._request_for(chat, target))
+                with attempt, upstream:
+                    response = await adapter.chat(self._request_for(chat, target))
+                    upstream.set(tracing.RESPONSE_MODEL, response.model)
             except ProviderError as exc:
                 self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc
@@ -229,8 +266,11 @@ class InferenceCall:
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             iterator = adapter.stream_chat(self._request_for(chat, target))
+            attempt, upstream = self._trace_attempt(target, retry_index)
             try:
-                first = await anext(iterator)
+                # The upstream span covers the call up to its first chunk.
+                with attempt, upstream:
+                    first = await anext(iterator)
             except StopAsyncIteration:
                 exc: ProviderError = ProviderProtocolError("upstream stream ended without data")
             except ProviderError as err:
@@ -274,10 +314,12 @@ class InferenceCall:
         for target in target_order(self.route):
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
+            attempt, upstream = self._trace_attempt(target, 0)
             try:
-                response = await adapter.embed(
-                    dataclasses.replace(request, model=target.model.upstream_model)
-                )
+                with attempt, upstream:
+                    response = await adapter.embed(
+                        dataclasses.replace(request, model=target.model.upstream_model)
+                    )
             except ProviderError as exc:
                 self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc
@@ -324,12 +366,13 @@ class InferenceCall:
         )
         stored = False
         if self.admission is not None:
-            stored = await request_settle(
-                admission=self.admission,
-                cost_usd=self.cost,
-                tokens_used=usage.total_tokens,
-                usage_event=payload,
-            )
+            with tracing.child_span(self.trace, "gateway.settlement"):
+                stored = await request_settle(
+                    admission=self.admission,
+                    cost_usd=self.cost,
+                    tokens_used=usage.total_tokens,
+                    usage_event=payload,
+                )
         if not stored:
             await usage_event_record(payload=payload)
         request_observe(
@@ -346,6 +389,24 @@ class InferenceCall:
             fallbacks=self.fallbacks,
             provider=target.provider.name if target is not None else "",
             tenant=self.policy.tenant_id if self.policy else None,
+        )
+        realtime_observe(
+            tenant_id=self.policy.tenant_id if self.policy else None,
+            latency_ms=payload["latency_ms"],
+            status_code=status_code,
+            outcome=outcome,
+            began=self.admission is not None,
+        )
+        tracing.request_span_end(
+            self.trace,
+            response_model=payload["model"],
+            provider_kind=target.provider.kind if target is not None else None,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            status_code=status_code,
+            outcome=outcome,
+            cost_usd=format(self.cost, "f"),
+            fallbacks=self.fallbacks,
         )
         logger.info(
             "request.finished",
@@ -459,3 +520,10 @@ async def rejected_request_record(
         started=started,
     )
     await usage_event_record(payload=payload)
+    realtime_observe(
+        tenant_id=policy.tenant_id if policy else None,
+        latency_ms=payload["latency_ms"],
+        status_code=status_code,
+        outcome="rejected",
+        began=False,
+    )

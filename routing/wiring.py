@@ -35,10 +35,12 @@ def _route_model_ids() -> dict[str, list[int]]:
 
 def connect() -> None:
     from providers.catalog import catalog_change_listener_add
+    from routing.breakers import breaker_board
     from routing.metrics import key_policy_cache_observe
     from routing.snapshot import snapshot_invalidate
     from tenants.admission import config_change_listener_add, spend_loader_set
     from tenants.selectors import policy_cache_observer_set
+    from usage.metrics_selectors import breaker_states_loader_set
     from usage.selectors import route_models_loader_set, spend_sum
 
     catalog_change_listener_add(_local_invalidate)
@@ -47,3 +49,4 @@ def connect() -> None:
     spend_loader_set(spend_sum)
     route_models_loader_set(_route_model_ids)
     policy_cache_observer_set(key_policy_cache_observe)
+    breaker_states_loader_set(breaker_board().provider_states)

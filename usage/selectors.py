@@ -430,6 +430,11 @@ def route_savings(
         .values("route", "model_id")
         .annotate(t_in=Sum("tokens_in"), t_out=Sum("tokens_out"), cost=Sum("cost_usd"))
     )
+    return route_savings_from_rows(rows)
+
+
+def route_savings_from_rows(rows: list[dict[str, Any]]) -> list[RouteSavings]:
+    """Savings from rows of route, model_id, t_in, t_out and cost (rollups or raw events)."""
     configured = _route_models_loader() if _route_models_loader is not None else {}
     route_models: dict[str, set[int]] = {}
     for r in rows:
