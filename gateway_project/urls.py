@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
+    path("", include("routing.urls")),  # the playground (/ and /playground/)
     path("", inference_api.urls),
 ]
