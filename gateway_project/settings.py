@@ -177,6 +177,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "model-prices-sync": {"task": "usage.tasks.model_prices_sync", "schedule": 60.0},
     "usage-retention": {"task": "usage.tasks.usage_retention", "schedule": 3600.0},
+    "api-key-reminders": {
+        "task": "tenants.tasks.api_key_reminders_dispatch",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -214,6 +219,11 @@ SPECTACULAR_SETTINGS = {
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 GATEWAY_KEY_PREFIX = env_str("GATEWAY_KEY_PREFIX", "gw-")
+# Key rotation: the secret a rotation replaces keeps working this long (same key record, same
+# billing); reminders (alert webhook/email) go out this many days before a key expires or a
+# rotation's grace period ends.
+GATEWAY_KEY_ROTATION_GRACE_SECONDS = env_int("GATEWAY_KEY_ROTATION_GRACE_SECONDS", 86_400)
+GATEWAY_KEY_EXPIRY_REMINDER_DAYS = env_int("GATEWAY_KEY_EXPIRY_REMINDER_DAYS", 7)
 GATEWAY_SNAPSHOT_TTL_SECONDS = env_float("GATEWAY_SNAPSHOT_TTL_SECONDS", 30.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)
 GATEWAY_UPSTREAM_READ_TIMEOUT = env_float("GATEWAY_UPSTREAM_READ_TIMEOUT", 60.0)

@@ -217,11 +217,33 @@ class ApiKeyAdmin(TenantScopedAdmin):
     show_full_result_count = False  # no COUNT(*) over a big table on every page
     ordering = ("-created_at",)
     actions = ("revoke_selected", "rotate_selected")
-    readonly_fields = ("prefix", "revoked_at", "created_at", "updated_at")
+    readonly_fields = (
+        "public_id",
+        "prefix",
+        "rotated_at",
+        "previous_valid_until",
+        "revoked_at",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
-        (None, {"fields": ("tenant", "name", "prefix", "allowed_models", "expires_at")}),
+        (
+            None,
+            {"fields": ("tenant", "name", "public_id", "prefix", "allowed_models", "expires_at")},
+        ),
         LIMIT_FIELDSET,
-        ("State", {"fields": ("revoked_at", "created_at", "updated_at")}),
+        (
+            "State",
+            {
+                "fields": (
+                    "rotated_at",
+                    "previous_valid_until",
+                    "revoked_at",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
     )
 
     @admin.display(boolean=True, description="revoked")
@@ -270,13 +292,17 @@ class ApiKeyAdmin(TenantScopedAdmin):
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", level=messages.SUCCESS)
 
-    @admin.action(description="Rotate selected keys (new raw keys are shown once)")
+    @admin.action(
+        description="Rotate selected keys (new secrets shown once; old ones work for the grace period)"
+    )
     def rotate_selected(self, request, queryset):
         for key in queryset.filter(revoked_at__isnull=True):
-            new, raw = services.api_key_rotate(key=key, actor=_actor(request))
+            old_prefix = key.prefix
+            rotated, raw = services.api_key_rotate(key=key, actor=_actor(request))
             self.message_user(
                 request,
-                f"{key.prefix}… rotated; new key (shown once): {raw}",
+                f"{old_prefix}… ({rotated.public_id}) rotated; new key (shown once): {raw} — "
+                f"the old one works until {rotated.previous_valid_until:%Y-%m-%d %H:%M %Z}",
                 level=messages.WARNING,
             )
 

@@ -151,9 +151,13 @@ def test_tenant_admin_issues_rotates_limits_and_revokes_their_keys(world):
     assert limits.json()["tpm_limit"] == 1000 and limits.json()["rpm_limit"] == 60
     budget = client.get(f"/api/manage/keys/{key_id}/budget/").json()
     assert Decimal(budget["budget_usd"]) == Decimal("12.5") and budget["period"].startswith("d")
-    rotated = client.post(f"/api/manage/keys/{key_id}/rotate/").json()
+    rotated = client.post(f"/api/manage/keys/{key_id}/rotate/", {"grace_seconds": 60}).json()
     assert rotated["raw_key"] != raw
-    assert ApiKey.objects.get(pk=key_id).revoked_at is not None
+    assert rotated["key"]["id"] == key_id  # the same key record, a new secret
+    assert rotated["key"]["public_id"] == body["key"]["public_id"]
+    assert rotated["key"]["previous_valid_until"] is not None
+    refused = client.post(f"/api/manage/keys/{key_id}/rotate/", {"grace_seconds": -1})
+    assert refused.status_code == 400
     revoked = client.post(f"/api/manage/keys/{rotated['key']['id']}/revoke/").json()
     assert revoked["revoked"] is True
 
