@@ -654,3 +654,33 @@ def api_key_reminders_send(*, now: datetime | None = None) -> int:
                     key.save(update_fields=[marker])
                     sent += 1
     return sent
+
+
+# -- staff two-factor devices (admin security; docs/admin-security.md) -----------------------
+@transaction.atomic
+def staff_totp_device_create(
+    *, user, name: str = "authenticator", replace: bool = False, actor: str = ""
+):
+    """A confirmed TOTP device for a staff user (django-otp). With `replace`, the user's other
+    TOTP devices are deleted first (a lost phone). Audited; the secret is never logged."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    if not (user.is_active and user.is_staff):
+        raise ValidationError("only active staff users log in to the admin")
+    existing = TOTPDevice.objects.filter(user=user)
+    if existing.exists() and not replace:
+        raise ValidationError(
+            "the user already has a TOTP device (pass replace to issue a new one)"
+        )
+    removed = existing.count()
+    existing.delete()
+    device = TOTPDevice.objects.create(user=user, name=name[:64], confirmed=True)
+    _audit(
+        tenant=None,
+        actor=actor,
+        action="staff.totp_enroll",
+        target=user.get_username(),
+        details={"device": device.name, "replaced": removed},
+    )
+    logger.info("tenants.staff_totp_enrolled", extra={"user_id": user.pk, "replaced": removed})
+    return device
