@@ -216,7 +216,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over a big table on every page
     ordering = ("-created_at",)
-    actions = ("revoke_selected", "rotate_selected")
+    actions = ("revoke_selected", "rotate_selected", "rotate_now_selected")
     readonly_fields = (
         "public_id",
         "prefix",
@@ -295,16 +295,22 @@ class ApiKeyAdmin(TenantScopedAdmin):
     @admin.action(
         description="Rotate selected keys (new secrets shown once; old ones work for the grace period)"
     )
-    def rotate_selected(self, request, queryset):
+    def rotate_selected(self, request, queryset, grace_seconds: int | None = None):
         for key in queryset.filter(revoked_at__isnull=True):
             old_prefix = key.prefix
-            rotated, raw = services.api_key_rotate(key=key, actor=_actor(request))
+            rotated, raw = services.api_key_rotate(
+                key=key, actor=_actor(request), grace_seconds=grace_seconds
+            )
             self.message_user(
                 request,
                 f"{old_prefix}… ({rotated.public_id}) rotated; new key (shown once): {raw} — "
                 f"the old one works until {rotated.previous_valid_until:%Y-%m-%d %H:%M %Z}",
                 level=messages.WARNING,
             )
+
+    @admin.action(description="Rotate selected keys now (old secrets stop at once: a leak)")
+    def rotate_now_selected(self, request, queryset):
+        self.rotate_selected(request, queryset, grace_seconds=0)
 
 
 @admin.register(TenantMembership)
