@@ -152,10 +152,14 @@ def api_keys_visible_to(*, user, tenant: Tenant | None = None) -> QuerySet[ApiKe
 
 
 def api_key_find(*, key_or_prefix: str) -> ApiKey:
-    """A key by its raw value or its display prefix (unique match required)."""
+    """A key by its raw value (current or, during a grace period, the rotated-away one), its
+    public id, or its display prefix (unique match required)."""
     by_hash = ApiKey.objects.filter(_by_hash(api_key_hash(key_or_prefix))).first()
     if by_hash is not None:
         return by_hash
+    by_public_id = ApiKey.objects.filter(public_id=key_or_prefix).first()
+    if by_public_id is not None:
+        return by_public_id
     matches = list(ApiKey.objects.filter(prefix=key_or_prefix)[:2])
     if len(matches) == 1:
         return matches[0]

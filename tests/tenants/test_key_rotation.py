@@ -10,10 +10,11 @@ import httpx
 import openai
 import pytest
 from django.core import mail
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tenants import services
+from tenants.keys import api_key_hash
 from tenants.models import ApiKey, AuditEvent
 from tenants.selectors import api_key_find, api_key_policy_get, policy_cache_clear
 from tenants.tasks import api_key_reminders_dispatch
@@ -197,3 +198,44 @@ def test_a_reminder_whose_every_channel_fails_is_retried_on_the_next_run():
     assert api_key_reminders_dispatch() == 1  # the email went out; the webhook error is kept
     audit = AuditEvent.objects.get(action="api_key.expiry_reminder")
     assert audit.details["errors"] == ["webhook: ConnectError"]
+
+
+@pytest.mark.django_db
+def test_rotate_command_prints_the_new_key_last_and_refuses_a_revoked_key(capsys):
+    key, old_raw = services.api_key_create(tenant=TenantFactory())
+    call_command("rotate_api_key", key.public_id, "--grace-seconds", "120")
+    new_raw = capsys.readouterr().out.strip().splitlines()[-1]
+    key.refresh_from_db()
+    assert key.key_hash == api_key_hash(new_raw) and key.previous_key_hash == api_key_hash(old_raw)
+    assert (
+        timedelta(seconds=100) < key.previous_valid_until - key.rotated_at <= timedelta(seconds=120)
+    )
+    services.api_key_revoke(key=key)
+    with pytest.raises(CommandError, match="revoked"):
+        call_command("rotate_api_key", new_raw)
+    with pytest.raises(CommandError, match="No API key"):
+        call_command("rotate_api_key", "key_nothing")
+
+
+# -- the migration ----------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_migration_gives_every_existing_key_its_own_public_id():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("tenants", "0002_budget_alert")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old_apps = executor.loader.project_state(before).apps
+        OldTenant = old_apps.get_model("tenants", "Tenant")
+        OldKey = old_apps.get_model("tenants", "ApiKey")
+        tenant = OldTenant.objects.create(slug="legacy", name="Legacy")
+        for i in range(3):
+            OldKey.objects.create(tenant=tenant, prefix=f"gw-old{i}", key_hash=f"{i:064d}")
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    ids = list(ApiKey.objects.filter(tenant__slug="legacy").values_list("public_id", flat=True))
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(i.startswith("key_") for i in ids)
