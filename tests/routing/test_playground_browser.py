@@ -5,6 +5,7 @@ served model the page shows is the one the usage event in the database recorded.
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 
@@ -90,6 +91,11 @@ def test_playground_streams_cancels_and_compares_with_costs_from_the_usage_event
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             csp_violations: list[str] = []
             page.on("console", lambda m: csp_violations.append(m.text) if m.type == "error" else 0)
+            sent: list[dict] = []
+            page.on(
+                "websocket",
+                lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))),
+            )
             response = page.goto(f"{base}/")
             assert response is not None and response.status == 200
             assert "script-src 'self'" in response.headers["content-security-policy"]
@@ -103,8 +109,12 @@ def test_playground_streams_cancels_and_compares_with_costs_from_the_usage_event
             assert page.evaluate("localStorage.length") == 0
             assert all(raw not in c["value"] for c in page.context.cookies())
 
-            # 1. one reply, streamed (a route: the served model is the first of its chain)
+            # 1. one reply, streamed (a route: the served model is the first of its chain),
+            # with routing options passed through as the `gateway` body object
             page.select_option("#model-a", "pg-chat")
+            page.click("details.options summary")
+            page.fill("#gw-strategy", "scored")
+            page.select_option("#gw-preference", "cheap")
             page.fill("#prompt", "hello there")
             page.press("#prompt", "Control+Enter")
             _wait_fact(page, "a", "finish_reason", "stop")
@@ -115,6 +125,13 @@ def test_playground_streams_cancels_and_compares_with_costs_from_the_usage_event
             assert _fact(page, "a", "latency").endswith(" ms")
             first = _assert_matches_event(page, "a", route="pg-chat", outcome="ok")
             assert first.cost_usd > 0 and first.api_key_id == playground_catalog["key_id"]
+            [auth] = [f for f in sent if f["type"] == "auth"]
+            [request] = [f for f in sent if f["type"] == "request"]
+            assert auth["api_key"] == raw and raw not in json.dumps(request)
+            assert request["gateway"] == {"strategy": "scored", "preference": "cheap"}
+            assert request["messages"] == [{"role": "user", "content": "hello there"}]
+            page.fill("#gw-strategy", "")
+            page.select_option("#gw-preference", "")
 
             # 2. a long answer, stopped mid-way: its partial cost is shown and billed
             page.click("#new-chat")
@@ -128,6 +145,9 @@ def test_playground_streams_cancels_and_compares_with_costs_from_the_usage_event
             page.keyboard.press("Escape")
             _wait_fact(page, "a", "finish_reason", "cancelled")
             stopped = _assert_matches_event(page, "a", route="pg-slow", outcome="cancelled")
+            requests = [f for f in sent if f["type"] == "request"]
+            assert "gateway" not in requests[-1]  # options cleared: no object
+            assert [f["id"] for f in sent if f["type"] == "cancel"] == [requests[-1]["id"]]
             assert 0 < stopped.tokens_out < 600
             assert page.locator("#pane-a .cancelled").count() == 1
             assert page.locator("#send").is_enabled() and page.locator("#stop").is_disabled()
