@@ -72,6 +72,25 @@ def test_tenant_admin_cannot_open_or_change_another_tenants_key_by_url(client, w
     assert their.revoked_at is None
 
 
+def test_tenant_admin_cannot_rotate_or_issue_keys_of_another_tenant_by_forged_posts(client, world):
+    client.force_login(world["user"])
+    their = world["their_key"]
+    before = their.key_hash
+    for action in ("rotate_selected", "rotate_now_selected"):
+        client.post(
+            "/admin/tenants/apikey/", {"action": action, "_selected_action": [str(their.pk)]}
+        )
+    their.refresh_from_db()
+    assert their.key_hash == before and their.previous_key_hash is None
+    forged = client.post(
+        "/admin/tenants/apikey/add/",
+        {"tenant": world["theirs"].pk, "name": "planted", "budget_period": "monthly"},
+    )
+    assert forged.status_code == 200  # the form again, with an error
+    assert "Select a valid choice" in forged.content.decode()
+    assert not ApiKey.objects.filter(name="planted").exists()
+
+
 def test_tenant_admin_key_form_offers_only_their_tenant(client, world):
     client.force_login(world["user"])
     page = client.get("/admin/tenants/apikey/add/").content.decode()
