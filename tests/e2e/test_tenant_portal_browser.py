@@ -94,7 +94,7 @@ def _action(page, key_id: int, action: str) -> str:
     return page.locator("ul.messagelist").inner_text()
 
 
-def test_tenant_member_sees_only_their_tenant_and_manages_its_keys(live_gateway, portal):
+def test_tenant_member_sees_only_their_tenant_and_manages_its_keys(live_gateway, portal, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with live_gateway(env=ENV) as base, sync_playwright() as pw:
@@ -118,6 +118,7 @@ def test_tenant_member_sees_only_their_tenant_and_manages_its_keys(live_gateway,
             index = page.content()
             assert "Shortcuts" in index and "Your tenant" in index
             assert "Providers" not in index and "TOTP" not in index
+            page.screenshot(path=str(tmp_path / "portal-index.png"), full_page=True)
 
             # Keys: only this tenant's.
             page.goto(f"{base}/admin/tenants/apikey/")
