@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -140,12 +141,15 @@ GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")
 _RUNSERVER = sys.argv[1:2] == ["runserver"]
 INSTALLED_APPS = [
     *(["daphne"] if _RUNSERVER else []),
-    "django.contrib.admin",
+    "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin + 2FA + banner
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
     "django_prometheus",
     "rest_framework",
     "drf_spectacular",
@@ -166,9 +170,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes asks: answers a locked-out login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
 # The inference API (gateway_project.fast_asgi) runs its own chain of native async middleware
 # only: the MiddlewareMixin ones above hop to a thread twice per request each. Its metrics are
@@ -236,6 +243,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "gateway_project.admin_site.environment",
             ],
         },
     },
@@ -347,6 +355,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": GATEWAY_OPS_ALERT_INTERVAL_SECONDS,
         "options": {"expires": GATEWAY_OPS_ALERT_INTERVAL_SECONDS},
     },
+    "api-key-reminders": {
+        "task": "tenants.tasks.api_key_reminders_dispatch",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 # gateway_project is not an app: its task module is imported by name.
 CELERY_IMPORTS = ["gateway_project.alerts"]
@@ -370,9 +383,50 @@ GATEWAY_OPS_ALERT_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_WEBHOOK_URL", "")
 GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL = env_str("GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL", "")
 GATEWAY_OPS_ALERT_SOURCE = env_str("GATEWAY_OPS_ALERT_SOURCE", "llm-gateway")
 
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+# -- admin security (docs/admin-security.md) -------------------------------------------------
+# Shown as a banner on every admin page; "production" (or prod-*) also turns on the secure
+# defaults below.
+GATEWAY_ENVIRONMENT_NAME = env_str("GATEWAY_ENVIRONMENT_NAME", "development")
+_PRODUCTION = GATEWAY_ENVIRONMENT_NAME.lower().startswith("prod")
+# Staff must log in to the admin with a TOTP code as well (django-otp); enroll with
+# `manage.py admin_2fa_enroll <username>`. On by default in production only.
+GATEWAY_ADMIN_REQUIRE_2FA = env_bool("GATEWAY_ADMIN_REQUIRE_2FA", _PRODUCTION)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", f"LLM Gateway ({GATEWAY_ENVIRONMENT_NAME})")
+
+# Login throttling (django-axes): after this many failed logins for one username from one
+# address, that pair is locked out for the cool-off time (answers 429); `manage.py
+# axes_reset` or the admin's "Access attempts" unlocks. Attempts are kept in the database so
+# every worker sees them.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
+AXES_ENABLED = env_bool("GATEWAY_ADMIN_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("GATEWAY_ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("GATEWAY_ADMIN_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address is REMOTE_ADDR: behind a reverse proxy, run uvicorn with --proxy-headers and
+# --forwarded-allow-ips=<proxy> so that it is the client's, not the proxy's.
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env_int("GATEWAY_PASSWORD_MIN_LENGTH", 12)},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Admin sessions: absolute lifetime, gone when the browser closes; cookies only over HTTPS in
+# production (set GATEWAY_SECURE_COOKIES=0 to test a production config over plain HTTP).
+SESSION_COOKIE_AGE = env_int("GATEWAY_SESSION_AGE_SECONDS", 8 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("GATEWAY_SESSION_EXPIRE_AT_BROWSER_CLOSE", True)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("GATEWAY_SECURE_COOKIES", _PRODUCTION)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -439,6 +493,11 @@ GATEWAY_WS_PREAUTH_MAX_BYTES = env_int("GATEWAY_WS_PREAUTH_MAX_BYTES", 16 * 1024
 GATEWAY_WS_MAX_MESSAGE_BYTES = env_int("GATEWAY_WS_MAX_MESSAGE_BYTES", GATEWAY_MAX_BODY_BYTES)
 GATEWAY_WS_MAX_JSON_DEPTH = env_int("GATEWAY_WS_MAX_JSON_DEPTH", 64)
 GATEWAY_KEY_PREFIX = env_str("GATEWAY_KEY_PREFIX", "gw-")
+# Key rotation: the secret a rotation replaces keeps working this long (same key record, same
+# billing); reminders (alert webhook/email) go out this many days before a key expires or a
+# rotation's grace period ends.
+GATEWAY_KEY_ROTATION_GRACE_SECONDS = env_int("GATEWAY_KEY_ROTATION_GRACE_SECONDS", 86_400)
+GATEWAY_KEY_EXPIRY_REMINDER_DAYS = env_int("GATEWAY_KEY_EXPIRY_REMINDER_DAYS", 7)
 GATEWAY_SNAPSHOT_TTL_SECONDS = env_float("GATEWAY_SNAPSHOT_TTL_SECONDS", 30.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)
 GATEWAY_UPSTREAM_READ_TIMEOUT = env_float("GATEWAY_UPSTREAM_READ_TIMEOUT", 60.0)

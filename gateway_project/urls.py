@@ -17,5 +17,6 @@ urlpatterns = [
     path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
     path("", metrics_api.urls),
+    path("", include("routing.urls")),  # the playground (/ and /playground/)
     path("", inference_api.urls),
 ]

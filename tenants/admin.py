@@ -265,12 +265,34 @@ class ApiKeyAdmin(TenantScopedAdmin):
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over a big table on every page
     ordering = ("-created_at",)
-    actions = ("revoke_selected", "rotate_selected")
-    readonly_fields = ("prefix", "revoked_at", "created_at", "updated_at")
+    actions = ("revoke_selected", "rotate_selected", "rotate_now_selected")
+    readonly_fields = (
+        "public_id",
+        "prefix",
+        "rotated_at",
+        "previous_valid_until",
+        "revoked_at",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
-        (None, {"fields": ("tenant", "name", "prefix", "allowed_models", "expires_at")}),
+        (
+            None,
+            {"fields": ("tenant", "name", "public_id", "prefix", "allowed_models", "expires_at")},
+        ),
         LIMIT_FIELDSET,
-        ("State", {"fields": ("revoked_at", "created_at", "updated_at")}),
+        (
+            "State",
+            {
+                "fields": (
+                    "rotated_at",
+                    "previous_valid_until",
+                    "revoked_at",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
     )
 
     @admin.display(boolean=True, description="revoked")
@@ -327,15 +349,25 @@ class ApiKeyAdmin(TenantScopedAdmin):
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", level=messages.SUCCESS)
 
-    @admin.action(description="Rotate selected keys (new raw keys are shown once)")
-    def rotate_selected(self, request, queryset):
+    @admin.action(
+        description="Rotate selected keys (new secrets shown once; old ones work for the grace period)"
+    )
+    def rotate_selected(self, request, queryset, grace_seconds: int | None = None):
         for key in queryset.filter(revoked_at__isnull=True):
-            new, raw = services.api_key_rotate(key=key, actor=_actor(request))
+            old_prefix = key.prefix
+            rotated, raw = services.api_key_rotate(
+                key=key, actor=_actor(request), grace_seconds=grace_seconds
+            )
             self.message_user(
                 request,
-                f"{key.prefix}… rotated; new key (shown once): {raw}",
+                f"{old_prefix}… ({rotated.public_id}) rotated; new key (shown once): {raw} — "
+                f"the old one works until {rotated.previous_valid_until:%Y-%m-%d %H:%M %Z}",
                 level=messages.WARNING,
             )
+
+    @admin.action(description="Rotate selected keys now (old secrets stop at once: a leak)")
+    def rotate_now_selected(self, request, queryset):
+        self.rotate_selected(request, queryset, grace_seconds=0)
 
 
 @admin.register(TenantMembership)

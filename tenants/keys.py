@@ -22,6 +22,12 @@ def operator_token_generate() -> str:
     return f"{OPERATOR_TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
 
 
+def api_key_public_id_new() -> str:
+    """A stable, non-secret id of a key record: it survives rotation (the raw key and its hash
+    change, the record and its usage history do not) and is safe to show and log."""
+    return f"key_{secrets.token_hex(10)}"
+
+
 def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 

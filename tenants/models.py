@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from tenants.keys import api_key_public_id_new
+
 
 class BudgetPeriod(models.TextChoices):
     DAILY = "daily", "Daily"
@@ -49,12 +51,33 @@ class Tenant(LimitsMixin):
 
 
 class ApiKey(LimitsMixin):
-    """An issued key. Only a SHA-256 hash and a short display prefix are stored."""
+    """An issued key. Only a SHA-256 hash and a short display prefix are stored.
+
+    Rotation replaces the hash in place (same record, same `public_id`, same limits, budget
+    and usage history); the hash it replaced keeps working until `previous_valid_until`."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    public_id = models.CharField(
+        max_length=40,
+        unique=True,
+        default=api_key_public_id_new,
+        editable=False,
+        help_text="Stable id of this key; survives rotation",
+    )
     name = models.CharField(max_length=200, blank=True)
     prefix = models.CharField(max_length=32, db_index=True)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    previous_key_hash = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, editable=False
+    )
+    previous_valid_until = models.DateTimeField(
+        null=True, blank=True, help_text="The key before the last rotation works until then"
+    )
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    # Reminders sent (once each) through the tenant's alert channels; cleared when the date
+    # they were about changes.
+    expiry_reminded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    grace_reminded_at = models.DateTimeField(null=True, blank=True, editable=False)
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model or route names; empty means all"
     )

@@ -8,11 +8,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.db import Error as DbError
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from tenants.keys import api_key_hash
 from tenants.models import ApiKey, BudgetAlert, Tenant
@@ -73,9 +75,26 @@ def key_policy_from(key: ApiKey) -> KeyPolicy:
     )
 
 
+def _by_hash(key_hash: str) -> Q:
+    """A key by its current secret, or by the secret its last rotation replaced."""
+    return Q(key_hash=key_hash) | Q(previous_key_hash=key_hash)
+
+
+def key_policy_for_hash(key: ApiKey, key_hash: str) -> KeyPolicy:
+    """The policy of `key` as presented with `key_hash`. The secret a rotation replaced is the
+    same key record (limits, budget, usage) that stops at the end of its grace period."""
+    policy = key_policy_from(key)
+    if key_hash == key.key_hash:
+        return policy
+    until = key.previous_valid_until or datetime.min.replace(tzinfo=UTC)
+    if policy.expires_at is not None:
+        until = min(until, policy.expires_at)
+    return replace(policy, expires_at=until)
+
+
 async def api_key_policy_load(*, key_hash: str) -> KeyPolicy | None:
-    key = await ApiKey.objects.select_related("tenant").filter(key_hash=key_hash).afirst()
-    return key_policy_from(key) if key is not None else None
+    key = await ApiKey.objects.select_related("tenant").filter(_by_hash(key_hash)).afirst()
+    return key_policy_for_hash(key, key_hash) if key is not None else None
 
 
 async def api_key_policy_reload(*, key_id: int) -> KeyPolicy | None:
@@ -221,10 +240,14 @@ def api_keys_visible_to(*, user, tenant: Tenant | None = None) -> QuerySet[ApiKe
 
 
 def api_key_find(*, key_or_prefix: str) -> ApiKey:
-    """A key by its raw value or its display prefix (unique match required)."""
-    by_hash = ApiKey.objects.filter(key_hash=api_key_hash(key_or_prefix)).first()
+    """A key by its raw value (current or, during a grace period, the rotated-away one), its
+    public id, or its display prefix (unique match required)."""
+    by_hash = ApiKey.objects.filter(_by_hash(api_key_hash(key_or_prefix))).first()
     if by_hash is not None:
         return by_hash
+    by_public_id = ApiKey.objects.filter(public_id=key_or_prefix).first()
+    if by_public_id is not None:
+        return by_public_id
     matches = list(ApiKey.objects.filter(prefix=key_or_prefix)[:2])
     if len(matches) == 1:
         return matches[0]

@@ -340,6 +340,9 @@ def api_key_revoke(*, key: ApiKey, actor: str = "") -> ApiKey:
     return key
 
 
+MAX_ROTATION_GRACE_SECONDS = 30 * 86400
+
+
 @transaction.atomic
 def api_key_delete(*, key: ApiKey, actor: str = "") -> None:
     """Delete a key row (platform staff in the admin; revoking is the usual way). Like a
@@ -373,33 +376,67 @@ def tenant_delete(*, tenant: Tenant, actor: str = "") -> None:
 
 
 @transaction.atomic
-def api_key_rotate(*, key: ApiKey, actor: str = "") -> tuple[ApiKey, str]:
-    """Issue a replacement with the same name, limits, models and expiry, and revoke the old
-    key. Returns the new row and its raw key."""
-    old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
-    if old.revoked_at is not None:
+def api_key_rotate(
+    *, key: ApiKey, actor: str = "", grace_seconds: int | None = None
+) -> tuple[ApiKey, str]:
+    """Give a key a new secret, in place: the record (id, `public_id`, name, limits, budget,
+    models, expiry and usage history) stays; the old secret keeps working for `grace_seconds`
+    (default GATEWAY_KEY_ROTATION_GRACE_SECONDS; 0 stops it at once), billed to this same
+    record. Rotating again during a grace period ends the older secret at once. Returns the
+    row and the new raw key."""
+    if grace_seconds is None:
+        grace_seconds = settings.GATEWAY_KEY_ROTATION_GRACE_SECONDS
+    if (
+        not isinstance(grace_seconds, int)
+        or isinstance(grace_seconds, bool)
+        or not 0 <= grace_seconds <= MAX_ROTATION_GRACE_SECONDS
+    ):
+        raise ValidationError(
+            {
+                "grace_seconds": f"must be a whole number of seconds in 0..{MAX_ROTATION_GRACE_SECONDS}"
+            }
+        )
+    key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+    if key.revoked_at is not None:
         raise ValidationError("a revoked key cannot be rotated")
-    new, raw = api_key_create(
-        tenant=old.tenant,
-        actor=actor,
-        name=old.name,
-        budget_usd=old.budget_usd,
-        budget_period=old.budget_period,
-        rpm_limit=old.rpm_limit,
-        tpm_limit=old.tpm_limit,
-        max_concurrency=old.max_concurrency,
-        allowed_models=old.allowed_models,
-        expires_at=old.expires_at,
+    now = timezone.now()
+    raw = api_key_generate()
+    old_prefix = key.prefix
+    key.previous_key_hash = key.key_hash
+    key.previous_valid_until = now + timedelta(seconds=grace_seconds)
+    key.key_hash = api_key_hash(raw)
+    key.prefix = api_key_display_prefix(raw)
+    key.rotated_at = now
+    key.grace_reminded_at = None
+    key.save(
+        update_fields=[
+            "previous_key_hash",
+            "previous_valid_until",
+            "key_hash",
+            "prefix",
+            "rotated_at",
+            "grace_reminded_at",
+            "updated_at",
+        ]
     )
-    api_key_revoke(key=old, actor=actor)
     _audit(
-        tenant=old.tenant,
+        tenant=key.tenant,
         actor=actor,
         action="api_key.rotate",
-        target=old.prefix,
-        details={"old_api_key_id": old.id, "new_api_key_id": new.id, "new_prefix": new.prefix},
+        target=key.public_id,
+        details={
+            "api_key_id": key.id,
+            "old_prefix": old_prefix,
+            "new_prefix": key.prefix,
+            "previous_valid_until": key.previous_valid_until,
+        },
     )
-    return new, raw
+    _notify_on_commit()
+    logger.info(
+        "tenants.api_key_rotated",
+        extra={"api_key_id": key.id, "public_id": key.public_id, "grace_seconds": grace_seconds},
+    )
+    return key, raw
 
 
 @transaction.atomic
@@ -436,6 +473,8 @@ def api_key_update_limits(
     diff = _apply(key, changes)
     if not diff:
         return key
+    if "expires_at" in diff:
+        key.expiry_reminded_at = None  # a new date earns a new reminder
     key.full_clean(exclude=["key_hash"])
     key.save()
     _audit(tenant=key.tenant, actor=actor, action="api_key.update", target=key.prefix, details=diff)
@@ -666,3 +705,143 @@ def budget_alerts_record(
     if failures:
         raise BudgetAlertDeliveryError("; ".join(failures))
     return alerts
+
+
+# -- key expiry reminders (called by tenants.tasks.api_key_reminders_dispatch, beat) ---------
+def _reminder_webhook_post(url: str, payload: dict[str, Any]) -> str:
+    """POST a reminder to the tenant's alert webhook the way budget alerts are sent; returns
+    an error text or ''. The one place reminders touch the network."""
+    import httpx  # see _alert_deliver: only Celery sends webhooks
+
+    timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+            client.post(url, json=payload).raise_for_status()
+    except httpx.HTTPError as exc:
+        return f"webhook: {type(exc).__name__}"
+    return ""
+
+
+def _reminder_send(*, key: ApiKey, kind: str, when: datetime) -> bool:
+    """Send one reminder through the tenant's alert channels; True when it reached at least
+    one of them (or the tenant has none: the audit event is then the only record)."""
+    tenant = key.tenant
+    payload = {
+        "type": f"api_key.{kind}_soon",
+        "tenant": tenant.slug,
+        "tenant_id": tenant.id,
+        "api_key_public_id": key.public_id,
+        "api_key_prefix": key.prefix,
+        "api_key_name": key.name,
+        "at": when.isoformat(),
+    }
+    label = f"API key {key.name or '(unnamed)'} ({key.public_id}, {key.prefix}…)"
+    if kind == "expiry":
+        subject = f"[gateway] {tenant.slug}: an API key expires soon"
+        body = f"{label} of tenant {tenant.slug} expires at {when.isoformat()}."
+    else:
+        subject = f"[gateway] {tenant.slug}: a rotated API key's old secret stops soon"
+        body = (
+            f"{label} of tenant {tenant.slug} was rotated; the secret it replaced stops "
+            f"working at {when.isoformat()}. Move every client to the new secret before then."
+        )
+    delivered, errors = False, []
+    if tenant.alert_webhook_url:
+        error = _reminder_webhook_post(tenant.alert_webhook_url, payload)
+        if error:
+            errors.append(error)
+        else:
+            delivered = True
+    if tenant.alert_email:
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [tenant.alert_email])
+        except OSError as exc:
+            errors.append(f"email: {type(exc).__name__}")
+        else:
+            delivered = True
+    if not (tenant.alert_webhook_url or tenant.alert_email):
+        delivered = True
+    if delivered:
+        _audit(
+            tenant=tenant,
+            actor="system",
+            action=f"api_key.{kind}_reminder",
+            target=key.public_id,
+            details={"api_key_id": key.id, "at": when, "errors": errors},
+        )
+    else:
+        logger.warning(
+            "tenants.key_reminder_failed",
+            extra={"api_key_id": key.id, "kind": kind, "errors": "; ".join(errors)},
+        )
+    return delivered
+
+
+def api_key_reminders_send(*, now: datetime | None = None) -> int:
+    """Remind tenants (webhook, email, audit) of keys that expire within
+    GATEWAY_KEY_EXPIRY_REMINDER_DAYS and of rotated keys whose old secret's grace period ends
+    within that window. Once per date: a reminded key is marked, a new date (changed expiry,
+    another rotation) earns a new reminder. Idempotent and safe to run concurrently (each key
+    is claimed under a row lock, skipping rows another run holds). Returns reminders sent."""
+    now = now or timezone.now()
+    horizon = now + timedelta(days=settings.GATEWAY_KEY_EXPIRY_REMINDER_DAYS)
+    live = ApiKey.objects.filter(revoked_at__isnull=True, tenant__is_active=True)
+    due = {
+        "expiry": live.filter(
+            expires_at__gt=now, expires_at__lte=horizon, expiry_reminded_at__isnull=True
+        ),
+        "grace": live.filter(
+            previous_valid_until__gt=now,
+            previous_valid_until__lte=horizon,
+            grace_reminded_at__isnull=True,
+        ),
+    }
+    sent = 0
+    for kind, queryset in due.items():
+        marker = f"{kind}_reminded_at"
+        for key_id in list(queryset.values_list("id", flat=True)[:1000]):
+            with transaction.atomic():
+                key = (
+                    queryset.select_for_update(skip_locked=True, of=("self",))
+                    .select_related("tenant")
+                    .filter(pk=key_id)
+                    .first()
+                )
+                if key is None:
+                    continue  # reminded meanwhile, changed, or held by another run
+                when = key.expires_at if kind == "expiry" else key.previous_valid_until
+                if _reminder_send(key=key, kind=kind, when=when):
+                    setattr(key, marker, timezone.now())
+                    key.save(update_fields=[marker])
+                    sent += 1
+    return sent
+
+
+# -- staff two-factor devices (admin security; docs/admin-security.md) -----------------------
+@transaction.atomic
+def staff_totp_device_create(
+    *, user, name: str = "authenticator", replace: bool = False, actor: str = ""
+):
+    """A confirmed TOTP device for a staff user (django-otp). With `replace`, the user's other
+    TOTP devices are deleted first (a lost phone). Audited; the secret is never logged."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    if not (user.is_active and user.is_staff):
+        raise ValidationError("only active staff users log in to the admin")
+    existing = TOTPDevice.objects.filter(user=user)
+    if existing.exists() and not replace:
+        raise ValidationError(
+            "the user already has a TOTP device (pass replace to issue a new one)"
+        )
+    removed = existing.count()
+    existing.delete()
+    device = TOTPDevice.objects.create(user=user, name=name[:64], confirmed=True)
+    _audit(
+        tenant=None,
+        actor=actor,
+        action="staff.totp_enroll",
+        target=user.get_username(),
+        details={"device": device.name, "replaced": removed},
+    )
+    logger.info("tenants.staff_totp_enrolled", extra={"user_id": user.pk, "replaced": removed})
+    return device

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from tenants.services import BudgetAlertDeliveryError, budget_alerts_record
+from tenants.services import (
+    BudgetAlertDeliveryError,
+    api_key_reminders_send,
+    budget_alerts_record,
+)
 
 
 @shared_task(
@@ -36,3 +40,10 @@ def budget_alerts_dispatch(
         spend_usd=spend_usd,
     )
     return len(alerts)
+
+
+@shared_task(acks_late=True)
+def api_key_reminders_dispatch() -> int:
+    """Beat: remind tenants of keys about to expire and of rotation grace periods about to end
+    (once per date; see tenants.services.api_key_reminders_send)."""
+    return api_key_reminders_send()

@@ -72,12 +72,15 @@ class ApiKeySerializer(serializers.ModelSerializer):
         model = ApiKey
         fields = (
             "id",
+            "public_id",
             "tenant",
             "name",
             "prefix",
             *_LIMIT_FIELDS,
             "allowed_models",
             "expires_at",
+            "rotated_at",
+            "previous_valid_until",
             "revoked_at",
             "revoked",
             "created_at",
@@ -104,6 +107,15 @@ class ApiKeyUpdateSerializer(LimitsSerializer):
         child=serializers.CharField(max_length=200), required=False
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class ApiKeyRotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="How long the replaced secret keeps working (default: the gateway's "
+        "GATEWAY_KEY_ROTATION_GRACE_SECONDS; 0 stops it at once)",
+    )
 
 
 class ApiKeyIssuedSerializer(serializers.Serializer):

@@ -20,6 +20,7 @@ from tenants.api.auth import TokenScopeAllows, request_tenant_limit
 from tenants.api.serializers import (
     ApiKeyIssuedSerializer,
     ApiKeyIssueSerializer,
+    ApiKeyRotateSerializer,
     ApiKeySerializer,
     ApiKeyUpdateSerializer,
     AuditEventSerializer,
@@ -182,12 +183,17 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         )
         return Response(ApiKeySerializer(key).data)
 
-    @extend_schema(request=None, responses={201: ApiKeyIssuedSerializer})
+    @extend_schema(request=ApiKeyRotateSerializer, responses={201: ApiKeyIssuedSerializer})
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk: str | None = None) -> Response:
-        """Issue a replacement with the same settings and revoke this key."""
+        """Give this key a new secret (same key record, id and settings); the old secret keeps
+        working for the grace period."""
         key = self.get_object()
-        new, raw = _service_call(services.api_key_rotate, key=key, actor=_actor(request))
+        data = ApiKeyRotateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        new, raw = _service_call(
+            services.api_key_rotate, key=key, actor=_actor(request), **data.validated_data
+        )
         body = {"key": ApiKeySerializer(new).data, "raw_key": raw}
         return Response(body, status=status.HTTP_201_CREATED)
 

@@ -137,16 +137,20 @@ def test_revoke_api_key_by_raw_key_or_prefix():
         run("revoke_api_key", "gw-nothing")
 
 
-def test_rotate_keeps_settings_and_revokes_the_old_key():
+def test_rotate_keeps_the_key_record_and_settings_and_refuses_a_revoked_key():
     tenant = TenantFactory()
-    old, _ = services.api_key_create(tenant=tenant, name="svc", rpm_limit=9, allowed_models=["m"])
-    new, raw = services.api_key_rotate(key=old)
-    old.refresh_from_db()
-    assert old.revoked_at is not None
-    assert (new.name, new.rpm_limit, new.allowed_models) == ("svc", 9, ["m"])
-    assert new.key_hash == api_key_hash(raw)
+    old, old_raw = services.api_key_create(
+        tenant=tenant, name="svc", rpm_limit=9, allowed_models=["m"]
+    )
+    rotated, raw = services.api_key_rotate(key=old, grace_seconds=0)
+    assert (rotated.pk, rotated.public_id) == (old.pk, old.public_id)
+    assert (rotated.name, rotated.rpm_limit, rotated.allowed_models) == ("svc", 9, ["m"])
+    assert rotated.key_hash == api_key_hash(raw) != api_key_hash(old_raw)
+    assert rotated.previous_key_hash == api_key_hash(old_raw)
+    assert rotated.revoked_at is None and rotated.prefix == raw[: len(rotated.prefix)]
+    services.api_key_revoke(key=rotated)
     with pytest.raises(ValidationError):
-        services.api_key_rotate(key=old)
+        services.api_key_rotate(key=rotated)
 
 
 def test_limit_updates_are_audited_with_old_and_new_values():

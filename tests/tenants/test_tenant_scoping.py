@@ -71,6 +71,25 @@ def test_tenant_admin_cannot_open_or_change_another_tenants_key_by_url(client, w
     assert their.revoked_at is None
 
 
+def test_tenant_admin_cannot_rotate_or_issue_keys_of_another_tenant_by_forged_posts(client, world):
+    client.force_login(world["user"])
+    their = world["their_key"]
+    before = their.key_hash
+    for action in ("rotate_selected", "rotate_now_selected"):
+        client.post(
+            "/admin/tenants/apikey/", {"action": action, "_selected_action": [str(their.pk)]}
+        )
+    their.refresh_from_db()
+    assert their.key_hash == before and their.previous_key_hash is None
+    forged = client.post(
+        "/admin/tenants/apikey/add/",
+        {"tenant": world["theirs"].pk, "name": "planted", "budget_period": "monthly"},
+    )
+    assert forged.status_code == 200  # the form again, with an error
+    assert "Select a valid choice" in forged.content.decode()
+    assert not ApiKey.objects.filter(name="planted").exists()
+
+
 def test_tenant_admin_key_form_offers_only_their_tenant(client, world):
     client.force_login(world["user"])
     page = client.get("/admin/tenants/apikey/add/").content.decode()
@@ -150,9 +169,13 @@ def test_tenant_admin_issues_rotates_limits_and_revokes_their_keys(world):
     assert limits.json()["tpm_limit"] == 1000 and limits.json()["rpm_limit"] == 60
     budget = client.get(f"/api/manage/keys/{key_id}/budget/").json()
     assert Decimal(budget["budget_usd"]) == Decimal("12.5") and budget["period"].startswith("d")
-    rotated = client.post(f"/api/manage/keys/{key_id}/rotate/").json()
+    rotated = client.post(f"/api/manage/keys/{key_id}/rotate/", {"grace_seconds": 60}).json()
     assert rotated["raw_key"] != raw
-    assert ApiKey.objects.get(pk=key_id).revoked_at is not None
+    assert rotated["key"]["id"] == key_id  # the same key record, a new secret
+    assert rotated["key"]["public_id"] == body["key"]["public_id"]
+    assert rotated["key"]["previous_valid_until"] is not None
+    refused = client.post(f"/api/manage/keys/{key_id}/rotate/", {"grace_seconds": -1})
+    assert refused.status_code == 400
     revoked = client.post(f"/api/manage/keys/{rotated['key']['id']}/revoke/").json()
     assert revoked["revoked"] is True
 

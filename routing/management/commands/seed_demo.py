@@ -34,6 +34,7 @@ class Command(BaseCommand):
                 f'-d \'{{"model": "{result.route_name}", '
                 f'"messages": [{{"role": "user", "content": "Hello!"}}]}}\''
             )
+            self.stdout.write(f"  Playground (paste the key): http://127.0.0.1:{port}/")
             self.stdout.write(f"  API docs: http://127.0.0.1:{port}/v1/docs")
             self.stdout.write("")
             self.stdout.write("demo key:")
