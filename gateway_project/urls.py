@@ -16,7 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/manage/", include("tenants.api.urls")),
     path("api/reports/", include("usage.api.urls")),
-    path("", metrics_api.urls),
     path("", include("routing.urls")),  # the playground (/ and /playground/)
+    path("", metrics_api.urls),
     path("", inference_api.urls),
 ]
