@@ -1,17 +1,30 @@
 """The gateway's in-process snapshot: catalog plus routes, resolved into ready fallback chains.
-Loaded once, swapped atomically, dropped when the shared config version moves."""
+Loaded once, swapped atomically, dropped when the shared config version moves.
+
+Cross-process freshness: every catalog change (file, admin, API) moves the shared config
+version in the state store on commit (tenants.admission.config_changed_notify, the mechanism
+key revocation uses). Admission sees the moved version on the next request, but a request for
+a route this process does not know yet is answered before admission; so `snapshot_get` also
+compares the shared version itself, at most once per GATEWAY_SNAPSHOT_VERSION_CHECK_SECONDS
+(0.25 s: one GET per process per interval, not per request), and reloads when it moved. A
+change reaches every process that serves traffic within that interval plus one load."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from providers.adapters.base import ProviderConfig
 from providers.catalog import Catalog, ModelEntry, catalog_aload
 from routing.models import Route, RouteStep
+from routing.options import DEFAULT_OPTIONS, RouteOptions, RouteOptionsError, route_options_parse
+
+logger = logging.getLogger("gateway.routing.snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +39,8 @@ class ResolvedRoute:
     strategy: str
     targets: tuple[Target, ...]
     max_attempts: int
+    default_message: str = ""
+    options: RouteOptions = DEFAULT_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +86,61 @@ async def _load() -> GatewaySnapshot:
                     * max(1, step.weight if route.strategy == "loadbalance" else 1)
                 )
         if targets:
+            try:
+                options = route_options_parse(route.options)
+            except RouteOptionsError as exc:
+                # Written around the validators (raw SQL, an older release): serve the route
+                # with default options rather than not at all.
+                logger.error(
+                    "routing.route_options_invalid",
+                    extra={"route": route.name, "error": str(exc)},
+                )
+                options = DEFAULT_OPTIONS
             routes[route.name] = ResolvedRoute(
                 name=route.name,
                 strategy=route.strategy,
                 targets=tuple(targets),
                 max_attempts=max(1, route.max_attempts),
+                default_message=route.default_message,
+                options=options,
             )
     return GatewaySnapshot(catalog=catalog, routes=routes, loaded_at=time.monotonic())
 
 
 _current: GatewaySnapshot | None = None
 _lock: asyncio.Lock | None = None
+# The shared config version this process last compared against, and when.
+_seen_version: str | None = None
+_version_checked_at = float("-inf")
+
+
+async def _version_moved() -> bool:
+    """Compare the shared config version (at most once per check interval). A store that
+    cannot answer counts as unmoved: the TTL still bounds staleness."""
+    global _seen_version, _version_checked_at
+    now = time.monotonic()
+    if now - _version_checked_at < settings.GATEWAY_SNAPSHOT_VERSION_CHECK_SECONDS:
+        return False
+    _version_checked_at = now
+    from tenants.state import state_store
+
+    try:
+        version = await state_store().config_version_get()
+    except (RedisError, OSError) as exc:
+        logger.warning("routing.config_version_check_failed", extra={"error": type(exc).__name__})
+        return False
+    # The first look counts as moved (a snapshot built before it cannot be trusted).
+    moved = version != _seen_version
+    _seen_version = version
+    return moved
 
 
 async def snapshot_get() -> GatewaySnapshot:
     global _current, _lock
     snapshot = _current
+    if await _version_moved():
+        snapshot_invalidate()
+        snapshot = None
     if snapshot is not None and (
         time.monotonic() - snapshot.loaded_at < settings.GATEWAY_SNAPSHOT_TTL_SECONDS
     ):
