@@ -3,11 +3,13 @@ Loaded once, swapped atomically, dropped when the shared config version moves.
 
 Cross-process freshness: every catalog change (file, admin, API) moves the shared config
 version in the state store on commit (tenants.admission.config_changed_notify, the mechanism
-key revocation uses). Admission sees the moved version on the next request, but a request for
-a route this process does not know yet is answered before admission; so `snapshot_get` also
-compares the shared version itself, at most once per GATEWAY_SNAPSHOT_VERSION_CHECK_SECONDS
-(0.25 s: one GET per process per interval, not per request), and reloads when it moved. A
-change reaches every process that serves traffic within that interval plus one load."""
+key revocation uses). Every admission's reply carries that version, and a moved one drops this
+snapshot (routing.wiring registers the listener), so a changed or removed route is seen by the
+next request after the next admission: no extra round trip. A route this process has never
+seen cannot wait for that (the request is refused before admission), so `snapshot_resolve`
+compares the shared version itself on a miss (one GET, at most every MISS_CHECK_S per
+process, so a client sending unknown names cannot turn it into a GET per request) and reloads
+when it moved. Endpoints resolve names with `snapshot_resolve`."""
 
 from __future__ import annotations
 
@@ -109,17 +111,18 @@ async def _load() -> GatewaySnapshot:
 
 _current: GatewaySnapshot | None = None
 _lock: asyncio.Lock | None = None
-# The shared config version this process last compared against, and when.
+# The shared config version this process last compared against on a miss, and when.
+MISS_CHECK_S = 0.05
 _seen_version: str | None = None
 _version_checked_at = float("-inf")
 
 
 async def _version_moved() -> bool:
-    """Compare the shared config version (at most once per check interval). A store that
-    cannot answer counts as unmoved: the TTL still bounds staleness."""
+    """Compare the shared config version (at most once per MISS_CHECK_S). A store that cannot
+    answer counts as unmoved: the TTL still bounds staleness."""
     global _seen_version, _version_checked_at
     now = time.monotonic()
-    if now - _version_checked_at < settings.GATEWAY_SNAPSHOT_VERSION_CHECK_SECONDS:
+    if now - _version_checked_at < MISS_CHECK_S:
         return False
     _version_checked_at = now
     from tenants.state import state_store
@@ -129,18 +132,27 @@ async def _version_moved() -> bool:
     except (RedisError, OSError) as exc:
         logger.warning("routing.config_version_check_failed", extra={"error": type(exc).__name__})
         return False
-    # The first look counts as moved (a snapshot built before it cannot be trusted).
     moved = version != _seen_version
     _seen_version = version
     return moved
 
 
+async def snapshot_resolve(name: str) -> ResolvedRoute | None:
+    """The route (or catalog model) clients call `name`, from this process's snapshot; on a
+    miss, reloaded first when the shared config version moved (a route added in another
+    process). None: unknown everywhere."""
+    snapshot = await snapshot_get()
+    route = snapshot.resolve(name)
+    if route is None and await _version_moved():
+        if _current is snapshot:
+            snapshot_invalidate()
+        route = (await snapshot_get()).resolve(name)
+    return route
+
+
 async def snapshot_get() -> GatewaySnapshot:
     global _current, _lock
     snapshot = _current
-    if await _version_moved():
-        snapshot_invalidate()
-        snapshot = None
     if snapshot is not None and (
         time.monotonic() - snapshot.loaded_at < settings.GATEWAY_SNAPSHOT_TTL_SECONDS
     ):
