@@ -366,3 +366,28 @@ def test_only_models_declaring_a_capability_get_the_request():
     body = orjson.loads(orjson.dumps(err.value.body()))
     assert body["error"]["type"] == "invalid_request_error"
     assert capability_targets([chat_only], set()) == [chat_only]
+
+
+# -- attempt budget ---------------------------------------------------------------------------
+def test_a_chain_never_makes_more_attempts_or_waits_longer_than_its_caps():
+    from dataclasses import replace
+
+    from routing.decide.attempts import AttemptBudget, should_retry_header
+    from routing.options import RouteOptions
+    from tests.routing.orchestration_support import resolved
+
+    retrying = replace(provider_config("retrying"), max_retries=2)
+    a, b = target("a", provider=retrying), target("b", provider=retrying)
+    natural = AttemptBudget.for_route(resolved([a, b]))
+    assert natural.max_attempts == 6  # 2 steps x (1 + 2 retries)
+    capped = AttemptBudget.for_route(
+        resolved([a, b], options=RouteOptions(max_attempts=3, max_total_wait_ms=250))
+    )
+    assert [capped.take() for _ in range(5)] == [True, True, True, False, False]
+    assert capped.wait(0.2) == 0.2
+    assert capped.wait(0.1) is None  # 300 ms would pass the 250 ms cap: fall back at once
+    assert capped.wait(0.05) == 0.05
+    assert should_retry_header(capped) == {"x-should-retry": "false"}
+    fresh = AttemptBudget.for_route(resolved([a]))
+    fresh.take()
+    assert should_retry_header(fresh) == {}

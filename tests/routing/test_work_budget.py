@@ -56,6 +56,9 @@ class RedisRoundTrips:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
+        # MONITOR shows every database of the server; count only this test's (other test
+        # runs may share the server on other indexes).
+        self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0))
         self._monitor_client = redis.Redis.from_url(url)
         self._monitor = self._monitor_client.monitor().__enter__()
         self._seen: list[dict] = []
@@ -91,6 +94,8 @@ class RedisRoundTrips:
         commands: Counter[str] = Counter()
         for command in batch:
             if command.get("client_type") == "lua" or "work-budget-" in command["command"]:
+                continue
+            if command.get("db") is not None and int(command["db"]) != self.db:
                 continue
             commands[command["command"].split(" ", 1)[0].strip('"').upper()] += 1
         return sum(commands.values()), commands
