@@ -154,28 +154,35 @@ class BreakerBoard:
         flush_s: Callable[[], float] | float | None = None,
     ) -> None:
         self._store = store
-        self._policy = policy
+        self._policy_source = policy
+        self._policy_cached: BreakerPolicy | None = None
         self._clock = clock
-        self._refresh_s = refresh_s
-        self._flush_s = flush_s
+        self._refresh_s = self._refresh_default = refresh_s
+        self._flush_s = self._flush_default = flush_s
         self._seen: dict[BreakerKey, _Seen] = {}
         self._pending: dict[BreakerKey, _Pending] = {}
         self._refreshing: set[BreakerKey] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    # -- settings ----------------------------------------------------------------------
+    # -- settings (read once, until reset(): they are on every request's path) -----------
+    def _policy(self) -> BreakerPolicy:
+        policy = self._policy_cached
+        if policy is None:
+            policy = self._policy_cached = self._policy_source()
+        return policy
+
     @property
     def refresh_s(self) -> float:
         value = self._refresh_s
         if value is None:
-            return settings.GATEWAY_BREAKER_REFRESH_SECONDS
+            value = self._refresh_s = settings.GATEWAY_BREAKER_REFRESH_SECONDS
         return float(value() if callable(value) else value)
 
     @property
     def flush_s(self) -> float:
         value = self._flush_s
         if value is None:
-            return settings.GATEWAY_BREAKER_FLUSH_SECONDS
+            value = self._flush_s = settings.GATEWAY_BREAKER_FLUSH_SECONDS
         return float(value() if callable(value) else value)
 
     def _name(self, store: StateStore, key: BreakerKey) -> str:
@@ -438,7 +445,9 @@ class BreakerBoard:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def reset(self) -> None:
-        """Forget this process's mirror and unflushed counts (tests)."""
+        """Forget this process's mirror, unflushed counts and settings read (tests)."""
+        self._policy_cached = None
+        self._refresh_s, self._flush_s = self._refresh_default, self._flush_default
         self._seen.clear()
         self._pending.clear()
         self._refreshing.clear()
