@@ -269,6 +269,9 @@ class BreakerBoard:
             )
             if statuses:
                 for key, status in zip(keys, statuses, strict=True):
+                    pending = self._pending.get(key)
+                    if pending is not None and pending.flushing:
+                        continue  # read before this process's own counts landed: wait for them
                     self._learn(key, status)
         finally:
             self._refreshing.difference_update(keys)
