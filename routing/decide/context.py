@@ -60,6 +60,25 @@ def prompt_tokens_count(
     return total
 
 
+def prompt_tokens_upper_bound(
+    messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+) -> int:
+    """A bound no tokenizer pass can exceed: every cl100k token is at least one UTF-8 byte,
+    plus the per-message framing. Microseconds, where counting costs a tokenizer pass."""
+    total = 3
+    for message in messages:
+        total += 3 + len(_text(message.get("content")).encode())
+        if message.get("name"):
+            total += len(str(message["name"]).encode())
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            total += len(str(fn.get("name", "")).encode())
+            total += len(str(fn.get("arguments", "")).encode())
+    if tools:
+        total += len(orjson.dumps(tools))
+    return total
+
+
 def fits(target: Target, *, prompt_tokens: int, max_tokens: int | None) -> bool:
     return prompt_tokens + max(1, max_tokens or 0) <= target.model.context_window
 
@@ -71,6 +90,8 @@ class ContextPlan:
     targets: list[Target]  # the steps that fit `messages`, in order
     skipped: list[Target] = field(default_factory=list)  # recorded as skipped: context_window
     prompt_tokens: int = 0
+    # False: prompt_tokens is the byte upper bound (every step fit it; no count was needed).
+    prompt_tokens_exact: bool = True
     dropped: int = 0  # turns removed (truncate) or replaced by the summary (summarize)
     summary_messages: list[dict[str, Any]] = field(default_factory=list)
     kept: list[dict[str, Any]] = field(default_factory=list)
@@ -113,8 +134,17 @@ def context_plan(
     on_overflow: str = "reject",
     tools: list[dict[str, Any]] | None = None,
     summarizer: Target | None = None,
+    exact: bool = False,
 ) -> ContextPlan:
-    """Which steps fit, and what to send. Raises ContextOverflow."""
+    """Which steps fit, and what to send. Raises ContextOverflow. When the byte upper bound
+    already fits every step (the usual chat request), no tokenizer pass is made unless
+    `exact` (scored routing prices the prompt)."""
+    if not exact and targets:
+        bound = prompt_tokens_upper_bound(messages, tools=tools)
+        if all(fits(t, prompt_tokens=bound, max_tokens=max_tokens) for t in targets):
+            return ContextPlan(
+                "none", messages, list(targets), prompt_tokens=bound, prompt_tokens_exact=False
+            )
     tokens = prompt_tokens_count(messages, tools=tools)
     fitting = [t for t in targets if fits(t, prompt_tokens=tokens, max_tokens=max_tokens)]
     skipped = [t for t in targets if t not in fitting]

@@ -125,6 +125,7 @@ async def decision_plan(
         on_overflow=options.on_context_overflow,
         tools=tools,
         summarizer=summarizer_target,
+        exact=route.strategy == "scored",
     )
     skipped.extend((t, "context_window") for t in plan.skipped)
     fitting = {_key(t) for t in plan.targets}

@@ -169,8 +169,80 @@ _RULES: dict[str, list[tuple[str, int]]] = {
         (r"\b(trend|correlation|insights?) (in|from|of|between)\b", 2),
     ],
 }
+# Per rule, substrings of which at least one must be in the (lower-cased) text for the rule's
+# pattern to match: a C-speed `in` test skips most regex searches (each pattern's first
+# mandatory group, or a literal it cannot match without).
+_TRIGGERS: dict[str, list[tuple[str, ...]]] = {
+    "tools": [
+        ("call ", "use ", "invoke "),
+        ("book ", "schedule ", "reserve "),
+        ("send ", "create "),
+        ("look",),
+        ("current ", "today", "live "),
+    ],
+    "code": [
+        ("```",),
+        ("def", "class", "function", "return", "import", "const", "let", "var"),
+        (
+            "python",
+            "javascript",
+            "typescript",
+            "java",
+            "golang",
+            "rust",
+            "c++",
+            "sql",
+            "bash",
+            "regex",
+            "html",
+            "css",
+            "django",
+            "react",
+            "kotlin",
+            "swift",
+        ),
+        ("write ", "implement ", "refactor ", "debug ", "fix "),
+        ("stack", "trace", "exception", "segfault", "compile", "syntax error"),
+        ("unit test", "algorithm", "big", "time complexity", "recursion", "api client"),
+    ],
+    "sentiment": [
+        ("sentiment",),
+        ("positive", "negative"),
+        ("tone", "mood", "emotion", "feeling"),
+        ("how ",),
+        ("is ", "was "),
+        (" or ",),
+    ],
+    "summarize": [
+        ("summar",),
+        ("tl",),
+        ("key ", "main "),
+        ("condense", "boil ", "in "),
+        ("brief ", "short ", "quick "),
+        ("gist",),
+    ],
+    "rewrite": [
+        ("rewrite", "re-write", "rephrase", "reword", "paraphrase"),
+        ("proofread", "copy", "polish", "tighten"),
+        ("fix ", "correct ", "improve "),
+        ("make ",),
+        ("more ", "less "),
+        ("shorten ", "simplify "),
+    ],
+    "analysis": [
+        ("analy",),
+        ("compar", "contrast"),
+        ("evaluate", "assess", "critique", "examine", "investigate"),
+        ("pros and cons", "trade", "strengths and weaknesses", "swot"),
+        ("root cause", "implication", "impact of", "what explains", "why did"),
+        ("trend ", "correlation ", "insight"),
+    ],
+}
 _COMPILED = {
-    task: [(re.compile(pattern, re.IGNORECASE | re.DOTALL), weight) for pattern, weight in rules]
+    task: [
+        (triggers, re.compile(pattern, re.DOTALL), weight)
+        for triggers, (pattern, weight) in zip(_TRIGGERS[task], rules, strict=True)
+    ]
     for task, rules in _RULES.items()
 }
 
@@ -207,10 +279,17 @@ def task_classify(
     if has_tools:
         return Classification("tools", "request_tools")
     subject = text if text is not None else _last_user_text(messages or [])
-    subject = subject[:4000]  # the rules look at the start; a long paste costs no more
+    # The instruction is at the start or the end of a message; a long paste costs no more.
+    if len(subject) > 3000:
+        subject = subject[:2000] + "\n" + subject[-1000:]
+    subject = subject.lower()
     scores: dict[str, int] = {}
     for task, rules in _COMPILED.items():
-        total = sum(weight for pattern, weight in rules if pattern.search(subject))
+        total = sum(
+            weight
+            for triggers, pattern, weight in rules
+            if any(t in subject for t in triggers) and pattern.search(subject)
+        )
         if total:
             scores[task] = total
     if not scores:

@@ -326,6 +326,20 @@ def test_summarize_without_a_summarizer_rejects():
         context_plan([window], _turns(6), max_tokens=10, on_overflow="summarize")
 
 
+def test_a_prompt_that_surely_fits_is_not_tokenized_and_the_bound_holds():
+    from routing.decide.context import prompt_tokens_upper_bound
+
+    big = target("big", context_window=100_000)
+    short = [{"role": "user", "content": "héllo wörld, ünïcode 日本語 " * 20}]
+    plan = context_plan([big], short, max_tokens=100)
+    assert plan.action == "none" and not plan.prompt_tokens_exact
+    assert plan.prompt_tokens >= prompt_tokens_count(short)
+    exact = context_plan([big], short, max_tokens=100, exact=True)
+    assert exact.prompt_tokens_exact and exact.prompt_tokens == prompt_tokens_count(short)
+    tricky = [{"role": "user", "content": "\x00" * 50 + "🙂" * 50 + "a" * 500}]
+    assert prompt_tokens_upper_bound(tricky) >= prompt_tokens_count(tricky)
+
+
 def test_tools_count_towards_the_prompt():
     tools = [{"type": "function", "function": {"name": "f", "description": "x " * 500}}]
     plain = prompt_tokens_count([{"role": "user", "content": "hi"}])
