@@ -506,9 +506,15 @@ GATEWAY_MOCK_LATENCY_MS = env_float("GATEWAY_MOCK_LATENCY_MS", 0.0)
 # Streaming: an SSE comment goes out after this many seconds of upstream silence, so proxies
 # and clients keep the connection; early failures within that window still get a real status.
 GATEWAY_SSE_KEEPALIVE_SECONDS = env_float("GATEWAY_SSE_KEEPALIVE_SECONDS", 15.0)
-# Circuit breakers per deployment: open after N consecutive retryable failures, probe again
-# (half-open, one request) after the cooldown.
-GATEWAY_BREAKER_FAILURE_THRESHOLD = env_int("GATEWAY_BREAKER_FAILURE_THRESHOLD", 5)
+# Circuit breakers per deployment, shared by every process through the state store: open when
+# more than FAILURE_RATIO of at least MIN_VOLUME calls within WINDOW failed; probe again
+# (half-open, one request) after the cooldown. REFRESH/FLUSH: how stale this process's mirror
+# may get and how long successes may wait to be counted (docs/routing.md).
+GATEWAY_BREAKER_WINDOW_SECONDS = env_float("GATEWAY_BREAKER_WINDOW_SECONDS", 60.0)
+GATEWAY_BREAKER_MIN_VOLUME = env_int("GATEWAY_BREAKER_MIN_VOLUME", 10)
+GATEWAY_BREAKER_FAILURE_RATIO = env_float("GATEWAY_BREAKER_FAILURE_RATIO", 0.5)
+GATEWAY_BREAKER_REFRESH_SECONDS = env_float("GATEWAY_BREAKER_REFRESH_SECONDS", 0.5)
+GATEWAY_BREAKER_FLUSH_SECONDS = env_float("GATEWAY_BREAKER_FLUSH_SECONDS", 0.25)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
 # Websocket /ws/v1/chat: requests in flight per connection, and how long a connection may stay
 # unauthenticated when the key comes in the first message.

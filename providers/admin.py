@@ -68,6 +68,16 @@ class ProviderAdminForm(forms.ModelForm):
         return name
 
 
+class ModelAdminForm(forms.ModelForm):
+    """Empty orchestration fields mean "none" ({} / []), not null."""
+
+    def clean_quality(self) -> dict:
+        return self.cleaned_data.get("quality") or {}
+
+    def clean_tasks(self) -> list:
+        return self.cleaned_data.get("tasks") or []
+
+
 class ModelPriceInline(admin.TabularInline):
     """Price history, read-only here: a price change is made on the model's price fields
     and recorded by the price service."""
@@ -246,6 +256,7 @@ class ProviderAdmin(ServiceSavingAdmin):
 
 @admin.register(Model)
 class ModelAdmin(ServiceSavingAdmin):
+    form = ModelAdminForm
     list_display = [
         "name",
         "provider",
@@ -290,7 +301,17 @@ class ModelAdmin(ServiceSavingAdmin):
                     "supports_tools",
                     "supports_vision",
                     "supports_embeddings",
+                    "supports_json_mode",
                 ]
+            },
+        ),
+        (
+            "Orchestration",
+            {
+                "fields": ["quality", "tasks"],
+                "description": 'quality: a score per task, 0-1 ({"summarize": 0.8}); '
+                'tasks: the tasks this model is a candidate for (["chat", "code"]; '
+                "empty: every task).",
             },
         ),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
@@ -303,6 +324,7 @@ class ModelAdmin(ServiceSavingAdmin):
             ("tools", obj.supports_tools),
             ("vision", obj.supports_vision),
             ("embed", obj.supports_embeddings),
+            ("json", obj.supports_json_mode),
         ]
         return ", ".join(name for name, on in flags if on) or "-"
 

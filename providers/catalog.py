@@ -34,8 +34,24 @@ class ModelEntry:
     supports_tools: bool
     supports_vision: bool
     supports_embeddings: bool
+    supports_json_mode: bool = True
+    # Orchestration: quality per task (0-1) and the tasks it is a candidate for (empty: all).
+    # (A tuple of (task, score) pairs, sorted, so entries stay hashable.)
+    quality: tuple[tuple[str, float], ...] = ()
+    tasks: tuple[str, ...] = ()
     # Effective-dated prices, sorted by start: ((effective_from, input, output), ...).
     price_schedule: tuple[tuple[datetime, Decimal, Decimal], ...] = ()
+
+    def quality_for(self, task: str | None) -> float | None:
+        """The catalog's quality score of this model for `task` (None: not rated)."""
+        for name, score in self.quality:
+            if name == task:
+                return score
+        return None
+
+    def serves_task(self, task: str | None) -> bool:
+        """A candidate for `task`: it lists the task, or lists none (a generalist)."""
+        return not self.tasks or task is None or task in self.tasks
 
     def price_at(self, when: datetime) -> tuple[Decimal, Decimal]:
         """(input, output) USD per 1M tokens in force at `when` (the request's time)."""
@@ -105,6 +121,9 @@ def model_entry_from(model: Model, prices: Iterable[ModelPrice] = ()) -> ModelEn
         supports_tools=model.supports_tools,
         supports_vision=model.supports_vision,
         supports_embeddings=model.supports_embeddings,
+        supports_json_mode=model.supports_json_mode,
+        quality=tuple(sorted((str(k), float(v)) for k, v in (model.quality or {}).items())),
+        tasks=tuple(model.tasks or ()),
         price_schedule=schedule,
     )
 

@@ -64,6 +64,12 @@ class Model(models.Model):
     supports_tools = models.BooleanField(default=True)
     supports_vision = models.BooleanField(default=False)
     supports_embeddings = models.BooleanField(default=False)
+    # JSON mode (response_format json_object / json_schema).
+    supports_json_mode = models.BooleanField(default=True)
+    # Orchestration: a quality score per task name, 0-1 ({"summarize": 0.8, "code": 0.6}),
+    # and the tasks this model is a candidate for (empty: every task).
+    quality = models.JSONField(default=dict, blank=True)
+    tasks = models.JSONField(default=list, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

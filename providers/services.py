@@ -53,6 +53,9 @@ MODEL_FIELDS = frozenset(
         "supports_tools",
         "supports_vision",
         "supports_embeddings",
+        "supports_json_mode",
+        "quality",
+        "tasks",
         "is_active",
     }
 )
@@ -221,6 +224,17 @@ def _model_validate(model: Model) -> None:
         and (model.max_output_tokens > model.context_window)
     ):
         errors["max_output_tokens"] = "cannot exceed the context window"
+    quality = model.quality
+    if not isinstance(quality, dict) or not all(
+        isinstance(task, str)
+        and isinstance(score, int | float)
+        and not isinstance(score, bool)
+        and 0 <= score <= 1
+        for task, score in quality.items()
+    ):
+        errors["quality"] = "must map task names to scores between 0 and 1"
+    if not isinstance(model.tasks, list) or not all(isinstance(t, str) for t in model.tasks):
+        errors["tasks"] = "must be a list of task names"
     if errors:
         raise ValidationError(errors)
     model.full_clean()
@@ -239,6 +253,9 @@ def model_create(
     supports_tools: bool = True,
     supports_vision: bool = False,
     supports_embeddings: bool = False,
+    supports_json_mode: bool = True,
+    quality: dict[str, float] | None = None,
+    tasks: list[str] | None = None,
     is_active: bool = True,
 ) -> Model:
     """Add a catalog entry; its price is the price from its creation on."""
@@ -254,6 +271,9 @@ def model_create(
         supports_tools=supports_tools,
         supports_vision=supports_vision,
         supports_embeddings=supports_embeddings,
+        supports_json_mode=supports_json_mode,
+        quality=dict(quality or {}),
+        tasks=list(tasks or []),
         is_active=is_active,
     )
     _model_validate(model)

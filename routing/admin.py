@@ -1,7 +1,30 @@
+from django import forms
 from django.contrib import admin
 
 from providers.catalog import catalog_changed
 from routing.models import Route, RouteStep
+from routing.options import RouteOptionsError, route_options_parse
+
+
+class RouteForm(forms.ModelForm):
+    class Meta:
+        model = Route
+        fields = "__all__"  # noqa: DJ007 - every column of a route is operator-editable
+        help_texts = {
+            "options": "Per-strategy options as JSON, e.g. "
+            '{"n": 3, "min_agreement": 2} (consensus), {"preference": "cheap", '
+            '"constraints": {"max_cost_usd": 0.01}} (scored), {"mode": "least_latency"} '
+            "(loadbalance). Every field: docs/catalog.md.",
+            "default_message": "Answered (200, flagged, billed 0) when every step fails.",
+        }
+
+    def clean_options(self):
+        value = self.cleaned_data.get("options") or {}
+        try:
+            route_options_parse(value)
+        except RouteOptionsError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return value
 
 
 class RouteStepInline(admin.TabularInline):
@@ -12,6 +35,7 @@ class RouteStepInline(admin.TabularInline):
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
+    form = RouteForm
     list_display = ["name", "strategy", "chain", "max_attempts", "is_active", "updated_at"]
     list_filter = ["strategy", "is_active"]
     search_fields = ["name", "description"]

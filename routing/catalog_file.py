@@ -20,7 +20,9 @@ from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
 from providers.secrets import secret_env_validate
 from providers.services import model_upsert, provider_create, provider_update
+from routing.decide.tasks import TASK_NAMES
 from routing.models import Route, RouteStep, Strategy
+from routing.options import RouteOptionsError, route_options_parse
 
 _TIMEOUT_FIELDS = {
     "connect": "connect_timeout_s",
@@ -33,6 +35,7 @@ _CAPABILITIES = {
     "tools": "supports_tools",
     "vision": "supports_vision",
     "embeddings": "supports_embeddings",
+    "json_mode": "supports_json_mode",
 }
 
 
@@ -166,6 +169,22 @@ def _model_values(
             raise CatalogFileError(f"{where}: unknown capabilities {sorted(unknown)}")
         for cap, field_name in _CAPABILITIES.items():
             values[field_name] = cap in caps
+    if "quality" in entry:
+        quality = entry["quality"]
+        if not isinstance(quality, dict):
+            raise CatalogFileError(f"{where}: 'quality' must be a table of task = score")
+        unknown = set(quality) - set(TASK_NAMES)
+        if unknown:
+            raise CatalogFileError(
+                f"{where}: unknown tasks in quality {sorted(unknown)}; "
+                f"tasks are {', '.join(TASK_NAMES)}"
+            )
+        values["quality"] = quality
+    if "tasks" in entry:
+        tasks = entry["tasks"]
+        if not isinstance(tasks, list) or not set(tasks) <= set(TASK_NAMES):
+            raise CatalogFileError(f"{where}: 'tasks' must be a list of {', '.join(TASK_NAMES)}")
+        values["tasks"] = tasks
     return values
 
 
@@ -214,12 +233,28 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
         steps = _require(entry, "steps", where)
         if not isinstance(steps, list) or not steps:
             raise CatalogFileError(f"{where}: 'steps' must be a non-empty list of model names")
+        raw_options = entry.get("options", {}) or {}
+        try:
+            options = route_options_parse(raw_options)
+        except RouteOptionsError as exc:
+            raise CatalogFileError(f"{where} ({name}): {exc}") from exc
+        if options.summarizer and not (
+            options.summarizer in models or Model.objects.filter(name=options.summarizer).exists()
+        ):
+            raise CatalogFileError(
+                f"{where} ({name}): unknown summarizer model '{options.summarizer}'"
+            )
+        default_message = entry.get("default_message", "")
+        if not isinstance(default_message, str):
+            raise CatalogFileError(f"{where} ({name}): 'default_message' must be text")
         route, created = Route.objects.update_or_create(
             name=name,
             defaults={
                 "strategy": strategy,
                 "description": entry.get("description", ""),
                 "max_attempts": int(entry.get("max_attempts", max(3, len(steps)))),
+                "default_message": default_message,
+                "options": raw_options,
                 "is_active": bool(entry.get("active", True)),
             },
         )

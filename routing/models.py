@@ -5,7 +5,10 @@ from django.db import models
 
 class Strategy(models.TextChoices):
     FALLBACK = "fallback", "Fallback (in order)"
-    LOADBALANCE = "loadbalance", "Load balance (weighted)"
+    LOADBALANCE = "loadbalance", "Load balance (weighted, least latency, least busy)"
+    PARALLEL = "parallel", "Parallel (race, first answer wins)"
+    CONSENSUS = "consensus", "Consensus (majority vote)"
+    SCORED = "scored", "Scored (per request: price, latency, quality)"
 
 
 class Route(models.Model):
@@ -15,6 +18,10 @@ class Route(models.Model):
     strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.FALLBACK)
     description = models.CharField(max_length=500, blank=True)
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    # Answered (200, flagged, billed 0) when every step failed; empty: the last error.
+    default_message = models.TextField(blank=True)
+    # Per-strategy options (validated by routing.route_options; see docs/catalog.md).
+    options = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

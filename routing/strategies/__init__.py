@@ -3,7 +3,13 @@
 A strategy is a function `(route) -> list[Target]` giving every distinct deployment at most
 once, in the order to try them. InferenceCall walks that order (retrying a deployment when
 its provider allows, then falling back to the next one); circuit breakers drop open
-deployments from it. Strategies register by the name stored on Route.strategy."""
+deployments from it. Strategies register by the name stored on Route.strategy.
+
+The orchestration strategies run differently and are called by InferenceCall directly once
+wired (docs/routing.md, "What is wired"): `parallel.race` (a race of coroutine factories),
+`consensus.consensus_gather` (a vote), `loadbalance.loadbalance_order_async` (least latency,
+least busy) and routing.decide.scoring.scored_choose (per request). Until then their routes
+are walked as a fallback chain in the order written."""
 
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ from routing.strategies.loadbalance import loadbalance_order
 _STRATEGIES: dict[str, StrategyOrder] = {
     "fallback": fallback_order,
     "loadbalance": loadbalance_order,
+    # Not wired into InferenceCall yet: the chain as written (docs/routing.md).
+    "parallel": fallback_order,
+    "consensus": fallback_order,
+    "scored": fallback_order,
 }
 
 

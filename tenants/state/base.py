@@ -151,6 +151,38 @@ class SettleResult:
     spend: tuple[SpendChange | None, ...] = field(default_factory=tuple)
 
 
+# -- routing health: circuit breakers, latency EWMA, in-flight counts ---------------------------
+BREAKER_BUCKETS = 10  # the failure-rate window is counted in this many buckets
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a deployment's breaker opens and how it recovers (the same for every process)."""
+
+    window_ms: int = 60_000  # failure rate measured over this sliding window
+    min_volume: int = 10  # no verdict on fewer calls than this in the window
+    failure_ratio: float = 0.5  # open when failures / calls exceeds this
+    cooldown_ms: int = 30_000  # open -> half-open after this
+    probe_ttl_ms: int = 30_000  # a probe that never reports back is given up after this
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """One deployment's breaker as the store sees it. `allowed`: for `breaker_acquire`, this
+    caller may call the deployment now (it holds the probe when half-open); for the other
+    calls, a request may plan to try it. `retry_after_ms`: until an open breaker may be
+    probed. `calls`/`failures`: counted in the current window (closed state only)."""
+
+    state: str  # "closed" | "open" | "half_open"
+    allowed: bool
+    retry_after_ms: int = 0
+    calls: int = 0
+    failures: int = 0
+
+
+BREAKER_CLOSED = BreakerStatus(state="closed", allowed=True)
+
+
 class StateStore(abc.ABC):
     """One per process (see tenants.state.state_store)."""
 
@@ -193,6 +225,55 @@ class StateStore(abc.ABC):
     async def unauth_count(self, *, client: str, window_ms: int) -> tuple[int, int]:
         """(unauthenticated requests from the address in the current window, ms until it
         ends), without counting."""
+
+    # -- routing health (shared by every process) ----------------------------------------
+    @abc.abstractmethod
+    def health_key(self, kind: str, name: str) -> str:
+        """Key name of one routing-health structure (`kind`: breaker, ewma, inflight) of one
+        deployment `name`."""
+
+    @abc.abstractmethod
+    async def breaker_record(
+        self, *, key: str, ok: int, failed: int, policy: BreakerPolicy
+    ) -> BreakerStatus:
+        """Count `ok` successes and `failed` failures of calls to a deployment, in one step.
+        Closed: counted in the window; opens when the window holds at least
+        `policy.min_volume` calls and failures / calls > `policy.failure_ratio`. Half-open
+        (the probe's result): any failure opens it again for a cooldown, else any success
+        closes it; ok = failed = 0 (an outcome that says nothing about health, e.g. a 429)
+        only gives the probe back. Open: nothing is counted (calls started before it opened).
+        Returns the status after the step."""
+
+    @abc.abstractmethod
+    async def breaker_acquire(self, *, key: str, policy: BreakerPolicy) -> BreakerStatus:
+        """Claim the right to call a deployment now: closed always; open only once cooled
+        down, which turns it half-open and hands this caller the one probe; half-open only
+        when no probe is out (or the one out is older than `probe_ttl_ms`)."""
+
+    @abc.abstractmethod
+    async def breaker_status(
+        self, *, keys: list[str], policy: BreakerPolicy
+    ) -> list[BreakerStatus]:
+        """Read several breakers in one step, changing nothing."""
+
+    @abc.abstractmethod
+    async def ewma_observe(self, *, key: str, value: float, alpha: float) -> float:
+        """Fold `value` into the key's exponentially weighted moving average (the first value
+        starts it); returns the new average. Kept for a day without observations."""
+
+    @abc.abstractmethod
+    async def ewma_get(self, *, keys: list[str]) -> list[float | None]: ...
+
+    @abc.abstractmethod
+    async def inflight_add(self, *, key: str, ticket: str, hold_ms: int) -> int:
+        """Count one call in flight under `ticket` (expires after `hold_ms`, so a dead
+        process leaks nothing for longer); returns the count."""
+
+    @abc.abstractmethod
+    async def inflight_remove(self, *, key: str, ticket: str) -> int: ...
+
+    @abc.abstractmethod
+    async def inflight_get(self, *, keys: list[str]) -> list[int]: ...
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (tests, shutdown)."""

@@ -11,8 +11,11 @@ import threading
 import time
 
 from tenants.state.base import (
+    BREAKER_BUCKETS,
     AdmitRequest,
     AdmitResult,
+    BreakerPolicy,
+    BreakerStatus,
     DenialKind,
     RateInfo,
     ScopeKeys,
@@ -86,6 +89,45 @@ class _Window:
         self.lo = (now - window) // self.width
 
 
+class _Breaker:
+    """One breaker, as breaker.lua keeps it in a hash."""
+
+    __slots__ = ("buckets", "opened_at", "probe_at", "state")
+
+    def __init__(self) -> None:
+        self.state = 0  # 0 closed, 1 open, 2 half-open
+        self.opened_at = 0
+        self.probe_at = 0
+        self.buckets: dict[int, list[int]] = {}  # bucket -> [calls, failures]
+
+    def window(self, now: int, policy: BreakerPolicy) -> tuple[int, int, int]:
+        """(current bucket, calls, failures) after dropping buckets older than the window."""
+        bucket_ms = max(1, policy.window_ms // BREAKER_BUCKETS)
+        current = now // bucket_ms
+        oldest = current - (BREAKER_BUCKETS - 1)
+        for bucket in [b for b in self.buckets if b < oldest]:
+            del self.buckets[bucket]
+        calls = sum(c for c, _ in self.buckets.values())
+        failures = sum(f for _, f in self.buckets.values())
+        return current, calls, failures
+
+    def status(self, now: int, policy: BreakerPolicy) -> BreakerStatus:
+        if self.state == 0:
+            _, calls, failures = self.window(now, policy)
+            return BreakerStatus("closed", True, 0, calls, failures)
+        if self.state == 1:
+            if now - self.opened_at >= policy.cooldown_ms:
+                return BreakerStatus("half_open", True)
+            return BreakerStatus("open", False, self.opened_at + policy.cooldown_ms - now)
+        if self.probe_at > 0 and now - self.probe_at < policy.probe_ttl_ms:
+            return BreakerStatus("half_open", False, self.probe_at + policy.probe_ttl_ms - now)
+        return BreakerStatus("half_open", True)
+
+    def open(self, now: int) -> None:
+        self.state, self.opened_at, self.probe_at = 1, now, 0
+        self.buckets.clear()
+
+
 class MemoryStateStore(StateStore):
     name = "memory"
     supports_stream = False
@@ -94,6 +136,9 @@ class MemoryStateStore(StateStore):
         self._data = _Data()
         self._lock = threading.Lock()
         self._version = str(_now_ms())
+        self._breakers: dict[str, _Breaker] = {}
+        self._ewma: dict[str, float] = {}
+        self._inflight: dict[str, dict[str, int]] = {}
 
     def scope_keys(
         self, *, scope: str, tenant_id: int, scope_id: int, period_key: str
@@ -399,7 +444,102 @@ class MemoryStateStore(StateStore):
             self._version = str(int(self._version) + 1)
             return self._version
 
+    # -- routing health (the steps of breaker.lua, ewma.lua, inflight.lua) -----------------
+    def health_key(self, kind: str, name: str) -> str:
+        return f"h:{kind}:{name}"
+
+    async def breaker_record(
+        self, *, key: str, ok: int, failed: int, policy: BreakerPolicy
+    ) -> BreakerStatus:
+        with self._lock:
+            now = _now_ms()
+            breaker = self._breakers.setdefault(key, _Breaker())
+            if breaker.state == 1 and now - breaker.opened_at >= policy.cooldown_ms:
+                breaker.state = 2
+            if breaker.state == 2:
+                if failed > 0:
+                    breaker.open(now)
+                elif ok > 0:
+                    breaker.state, breaker.probe_at = 0, 0
+                    breaker.buckets.clear()
+                else:
+                    breaker.probe_at = 0
+            elif breaker.state == 0 and ok + failed > 0:
+                current, calls, failures = breaker.window(now, policy)
+                counts = breaker.buckets.setdefault(current, [0, 0])
+                counts[0] += ok + failed
+                counts[1] += failed
+                calls, failures = calls + ok + failed, failures + failed
+                ratio = round(policy.failure_ratio * 1000)
+                if calls >= policy.min_volume and failures * 1000 > ratio * calls:
+                    breaker.open(now)
+            return breaker.status(now, policy)
+
+    async def breaker_acquire(self, *, key: str, policy: BreakerPolicy) -> BreakerStatus:
+        with self._lock:
+            now = _now_ms()
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                return BreakerStatus("closed", True)
+            status = breaker.status(now, policy)
+            if status.state == "half_open" and status.allowed:
+                breaker.state, breaker.probe_at = 2, now
+                return status
+            if status.state == "closed":
+                return status
+            return BreakerStatus(status.state, False, status.retry_after_ms)
+
+    async def breaker_status(
+        self, *, keys: list[str], policy: BreakerPolicy
+    ) -> list[BreakerStatus]:
+        with self._lock:
+            now = _now_ms()
+            return [
+                breaker.status(now, policy)
+                if (breaker := self._breakers.get(key)) is not None
+                else BreakerStatus("closed", True)
+                for key in keys
+            ]
+
+    async def ewma_observe(self, *, key: str, value: float, alpha: float) -> float:
+        with self._lock:
+            old = self._ewma.get(key)
+            average = value if old is None else alpha * value + (1 - alpha) * old
+            self._ewma[key] = round(average, 6)
+            return self._ewma[key]
+
+    async def ewma_get(self, *, keys: list[str]) -> list[float | None]:
+        with self._lock:
+            return [self._ewma.get(key) for key in keys]
+
+    def _inflight_live(self, key: str, now: int) -> dict[str, int]:
+        tickets = self._inflight.setdefault(key, {})
+        for ticket in [t for t, expires in tickets.items() if expires <= now]:
+            del tickets[ticket]
+        return tickets
+
+    async def inflight_add(self, *, key: str, ticket: str, hold_ms: int) -> int:
+        with self._lock:
+            now = _now_ms()
+            tickets = self._inflight_live(key, now)
+            tickets[ticket] = now + hold_ms
+            return len(tickets)
+
+    async def inflight_remove(self, *, key: str, ticket: str) -> int:
+        with self._lock:
+            tickets = self._inflight_live(key, _now_ms())
+            tickets.pop(ticket, None)
+            return len(tickets)
+
+    async def inflight_get(self, *, keys: list[str]) -> list[int]:
+        with self._lock:
+            now = _now_ms()
+            return [len(self._inflight_live(key, now)) for key in keys]
+
     def flush(self) -> None:
         """Forget all counters (what FLUSHDB does to Redis): tests of the rebuild path."""
         with self._lock:
             self._data = _Data()
+            self._breakers.clear()
+            self._ewma.clear()
+            self._inflight.clear()

@@ -28,6 +28,8 @@ from redis.exceptions import NoScriptError
 from tenants.state.base import (
     AdmitRequest,
     AdmitResult,
+    BreakerPolicy,
+    BreakerStatus,
     DenialKind,
     RateInfo,
     ScopeKeys,
@@ -89,6 +91,9 @@ class RedisStateStore(StateStore):
     _admit = _Script("admit")
     _settle = _Script("settle")
     _bump = _Script("config_bump")
+    _breaker = _Script("breaker")
+    _ewma = _Script("ewma")
+    _inflight = _Script("inflight")
 
     def __init__(self, *, url: str, stream: str, pool_size: int = 64) -> None:
         self.url = url
@@ -307,6 +312,73 @@ class RedisStateStore(StateStore):
     async def config_version_get(self) -> str:
         value = await self.client().get(self.version_key)
         return "" if value is None else value.decode()
+
+    # -- routing health ------------------------------------------------------------------
+    def health_key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}h:{kind}:{name}"
+
+    @staticmethod
+    def _policy_args(op: str, policy: BreakerPolicy) -> list:
+        return [
+            op,
+            int(policy.window_ms),
+            int(policy.min_volume),
+            round(policy.failure_ratio * 1000),
+            int(policy.cooldown_ms),
+            int(policy.probe_ttl_ms),
+        ]
+
+    @staticmethod
+    def _breaker_status(reply: list) -> BreakerStatus:
+        state, allowed, retry, calls, failures = reply
+        return BreakerStatus(
+            state=state.decode() if isinstance(state, bytes) else str(state),
+            allowed=int(allowed) == 1,
+            retry_after_ms=int(retry),
+            calls=int(calls),
+            failures=int(failures),
+        )
+
+    async def breaker_record(
+        self, *, key: str, ok: int, failed: int, policy: BreakerPolicy
+    ) -> BreakerStatus:
+        args = [*self._policy_args("record", policy), int(ok), int(failed)]
+        return self._breaker_status(await self._evalsha(self._breaker, [key], args))
+
+    async def breaker_acquire(self, *, key: str, policy: BreakerPolicy) -> BreakerStatus:
+        reply = await self._evalsha(self._breaker, [key], self._policy_args("acquire", policy))
+        return self._breaker_status(reply)
+
+    async def breaker_status(
+        self, *, keys: list[str], policy: BreakerPolicy
+    ) -> list[BreakerStatus]:
+        if not keys:
+            return []
+        reply = await self._evalsha(self._breaker, keys, self._policy_args("status", policy))
+        return [self._breaker_status(item) for item in reply]
+
+    async def ewma_observe(self, *, key: str, value: float, alpha: float) -> float:
+        reply = await self._evalsha(
+            self._ewma, [key], [repr(float(value)), repr(alpha), 86_400_000]
+        )
+        return float(reply)
+
+    async def ewma_get(self, *, keys: list[str]) -> list[float | None]:
+        if not keys:
+            return []
+        values = await self.client().mget(keys)
+        return [None if v is None else float(v) for v in values]
+
+    async def inflight_add(self, *, key: str, ticket: str, hold_ms: int) -> int:
+        return int(await self._evalsha(self._inflight, [key], ["add", ticket, int(hold_ms)]))
+
+    async def inflight_remove(self, *, key: str, ticket: str) -> int:
+        return int(await self._evalsha(self._inflight, [key], ["remove", ticket, 0]))
+
+    async def inflight_get(self, *, keys: list[str]) -> list[int]:
+        if not keys:
+            return []
+        return [int(v) for v in await self._evalsha(self._inflight, keys, ["count"])]
 
     def config_version_bump(self) -> str:
         client = self.sync_client()

@@ -1,7 +1,8 @@
 """The project's own fake provider: a real HTTP server (aiohttp.web) on a free loopback port that
 speaks OpenAI's Chat Completions and Embeddings, Azure OpenAI's deployment URLs and Anthropic's
 Messages API (JSON and SSE, with the real event sequences), checks auth headers, records what it
-received, counts connections, and injects faults on demand.
+received, counts connections (and logs when each one closed: `disconnects`), and injects
+faults on demand.
 
 Use it from async tests with `async with FakeUpstream() as fake:`, from sync code (a live
 gateway process driven by the sync openai SDK) with `with FakeUpstream().serve_in_thread() as
@@ -102,7 +103,10 @@ class FakeUpstream:
         self.embedding_dims = 8
         self.requests: list[RecordedRequest] = []
         self.connections_opened = 0
+        # (client port, time.monotonic()) of every connection the server saw close.
+        self.disconnects: list[tuple[int, float]] = []
         self._open: set[int] = set()
+        self._peers: dict[int, int] = {}
         self._script: deque[Fault] = deque()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -214,14 +218,17 @@ class FakeUpstream:
         made, lost = server.connection_made, server.connection_lost
 
         def connection_made(handler: Any, transport: Any) -> None:
+            peer = transport.get_extra_info("peername") if transport is not None else None
             with self._lock:
                 self.connections_opened += 1
                 self._open.add(id(handler))
+                self._peers[id(handler)] = peer[1] if peer else 0
             made(handler, transport)
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             with self._lock:
                 self._open.discard(id(handler))
+                self.disconnects.append((self._peers.pop(id(handler), 0), time.monotonic()))
             lost(handler, exc)
 
         server.connection_made = connection_made  # type: ignore[method-assign]

@@ -271,7 +271,7 @@ FAULTS = [
 def test_each_fault_gives_the_right_status_and_error_shape_never_a_trace(live_gateway, catalog):
     fake = catalog["fake"]
     # 32 failures in a row on one deployment: keep its breaker out of this test.
-    with live_gateway(env={**LIVE_ENV, "GATEWAY_BREAKER_FAILURE_THRESHOLD": "1000"}) as base:
+    with live_gateway(env={**LIVE_ENV, "GATEWAY_BREAKER_MIN_VOLUME": "1000"}) as base:
         http = httpx.Client(base_url=base, timeout=30)
         auth = {"authorization": f"Bearer {catalog['raw']}"}
         for fault, model, status, code, anthropic_type in FAULTS:
