@@ -10,7 +10,7 @@ and from Redis for the usage pipeline):
 | GatewayHighErrorRate | errors / (ok + errors) over the window > GATEWAY_OPS_ALERT_ERROR_RATE, with at least GATEWAY_OPS_ALERT_MIN_REQUESTS requests |
 | GatewayHighLatencyP95 | p95 latency of answered requests > GATEWAY_OPS_ALERT_P95_LATENCY_SECONDS (same minimum) |
 | ProviderUnavailable | a provider's failed upstream attempts / attempts > GATEWAY_OPS_ALERT_PROVIDER_FAILURE_RATIO (at least 5 attempts) |
-| ProviderBreakerOpen | the last GATEWAY_BREAKER_FAILURE_THRESHOLD attempts on a deployment (provider, model) in the window all failed, which is what opens its breaker |
+| ProviderBreakerOpen | the last GATEWAY_BREAKER_MIN_VOLUME attempts on a deployment (provider, model) in the window all failed, which is enough to open its breaker (more than GATEWAY_BREAKER_FAILURE_RATIO of at least that many calls) |
 | UsageBacklogGrowing | usage events waiting in Redis > GATEWAY_OPS_ALERT_BACKLOG |
 | UsageDrainLag | the oldest waiting event is older than GATEWAY_OPS_ALERT_DRAIN_LAG_SECONDS |
 | UsageDrainStale | events wait and no worker's drain reported for GATEWAY_OPS_HEARTBEAT_STALE_SECONDS |
@@ -137,7 +137,7 @@ def _provider_alerts(since: datetime) -> list[Alert]:
             total=Count("id"), failed=Count("id", filter=_failed())
         )
     )
-    threshold = settings.GATEWAY_BREAKER_FAILURE_THRESHOLD
+    threshold = settings.GATEWAY_BREAKER_MIN_VOLUME
     # The latest attempts per deployment, newest first (bounded: the window, N per deployment).
     recent: dict[tuple[int, int], list[bool]] = {}
     for provider_id, model_id, status in attempts.order_by("-event__created_at", "-id").values_list(

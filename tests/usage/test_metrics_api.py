@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
@@ -314,8 +315,8 @@ def test_providers_report_attempt_errors_and_the_breaker_state(traffic):
     provider, cheap = traffic["provider"], traffic["cheap"]
     board = breaker_board()
     try:
-        for _ in range(board.failure_threshold):
-            board.record((provider.id, cheap.id), ProviderUnavailable("down"))
+        for _ in range(settings.GATEWAY_BREAKER_MIN_VOLUME):
+            board.record_now((provider.id, cheap.id), ProviderUnavailable("down"))
         body = _body(
             _get(Client(), "/api/v1/metrics/providers", _key(traffic["raw_a"][1]), **WINDOW)
         )
