@@ -19,6 +19,7 @@ from django.db import transaction
 from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
 from providers.services import model_upsert, provider_create, provider_update
+from providers.urls import base_url_normalize
 from routing.models import Route, RouteStep, Strategy
 
 _TIMEOUT_FIELDS = {
@@ -50,6 +51,8 @@ class CatalogLoadResult:
     pruned: dict[str, int] = field(
         default_factory=lambda: {"providers": 0, "models": 0, "routes": 0}
     )
+    # What was normalized on the way in (base URLs given in the other convention...).
+    normalized: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = []
@@ -58,7 +61,9 @@ class CatalogLoadResult:
                 f"{kind}: {self.created[kind]} created, {self.updated[kind]} updated"
                 + (f", {self.pruned[kind]} deactivated" if self.pruned[kind] else "")
             )
-        return "; ".join(parts)
+        lines = ["; ".join(parts)]
+        lines.extend(f"normalized {note}" for note in self.normalized)
+        return "\n".join(lines)
 
 
 def catalog_file_parse(path: Path) -> dict[str, Any]:
@@ -172,6 +177,9 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
         where = f"providers[{i}]"
         name = _require(entry, "name", where)
         values = _provider_values(entry, f"{where} ({name})")
+        values["base_url"], note = base_url_normalize(values["kind"], values["base_url"])
+        if note:
+            result.normalized.append(f"{where} ({name}): {note}")
         existing = Provider.objects.filter(name=name).first()
         try:
             if existing is None:

@@ -23,6 +23,7 @@ from providers.adapters.anthropic_format import (
 )
 from providers.adapters.base import ProviderAdapter, ProviderConfig, register_adapter
 from providers.types import ChatRequest, ChatResponse, Chunk, ProviderProtocolError
+from providers.urls import base_url_normalize
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -35,7 +36,7 @@ class AnthropicAdapter(ProviderAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         options = config.options
-        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        self.base_url = base_url_normalize(self.kind, config.base_url or self.default_base_url)[0]
         self.default_max_tokens = int(options.get("default_max_tokens") or DEFAULT_MAX_TOKENS)
         headers = {
             "Content-Type": http.JSON_CONTENT_TYPE,
