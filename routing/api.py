@@ -253,6 +253,12 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
         policy = await authenticate(request)
         route = await resolve_route(request, policy, payload.model)
         chat = chat_request_from(payload, raw_messages=_raw_messages(request))
+        if (payload.n or 1) > 1:
+            from routing.endpoints.responses import chat_completion_choices
+
+            return await chat_completion_choices(
+                request, chat=chat, policy=policy, route=route, n=payload.n
+            )
         call = await inference_call_open(
             request_id=_request_id(request), policy=policy, route=route, chat=chat, endpoint="chat"
         )
@@ -369,3 +375,6 @@ async def embeddings(request: HttpRequest, payload: EmbeddingsIn):
 # The other ingress shapes register their views on `api` and reuse the helpers above; they are
 # imported last so that importing either module first also works.
 from routing import generate, messages  # noqa: E402, F401
+from routing.endpoints.responses import router as _responses_router  # noqa: E402
+
+api.add_router("", _responses_router)

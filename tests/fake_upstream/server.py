@@ -500,6 +500,7 @@ class FakeUpstream:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         finish = "tool_calls" if call_tool else ("length" if truncated else "stop")
 
+        choices_n = body.get("n") if isinstance(body.get("n"), int) else 1
         if not body.get("stream"):
             message: dict[str, Any] = {
                 "role": "assistant",
@@ -519,11 +520,17 @@ class FakeUpstream:
                 "created": created,
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                    {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                    for i in range(choices_n)
                 ],
             }
             if not no_usage:
-                answer["usage"] = usage
+                # n choices: the prompt counts once, the completions n times (as OpenAI bills)
+                answer["usage"] = dict(
+                    usage,
+                    completion_tokens=completion_tokens * choices_n,
+                    total_tokens=self.prompt_tokens + completion_tokens * choices_n,
+                )
             return await self._json(request, answer, fault)
 
         def event(choices: list[dict[str, Any]], usage_value: Any = None) -> bytes:

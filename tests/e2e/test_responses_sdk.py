@@ -1,0 +1,218 @@
+"""The Responses API, legacy completions, models.retrieve and n > 1, driven by the official
+openai SDK through a live gateway, over the mock and over the fake upstream (OpenAI and
+Anthropic kinds): one usage event per request, billed per choice."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from providers.models import ProviderKind
+from tests.routing.support import (
+    LIVE_ENV,
+    caches_clear,
+    fake_provider,
+    mock_provider,
+    model_on,
+    route,
+    tenant_key,
+    usage_events_wait_sync,
+)
+
+pytestmark = pytest.mark.live_server_process
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+
+
+class Forecast(BaseModel):
+    city: str
+    high: int
+
+
+@pytest.fixture
+def catalog(transactional_db, fake_upstream_thread):
+    fake = fake_upstream_thread
+    route("r-mock", [model_on(mock_provider("resp-mock"), "r-mock-model")])
+    route("r-openai", [model_on(fake_provider(fake, ProviderKind.OPENAI), "r-openai-model")])
+    route("r-claude", [model_on(fake_provider(fake, ProviderKind.ANTHROPIC), "r-claude-model")])
+    _, _, raw = tenant_key()
+    caches_clear()
+    return {"raw": raw, "fake": fake}
+
+
+def _client(base: str, raw: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=raw, max_retries=0)
+
+
+def test_responses_create_and_stream_over_every_kind(live_gateway, catalog):
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        for model in ("r-mock", "r-openai", "r-claude"):
+            response = client.responses.create(
+                model=model, instructions="Be brief.", input="Say hello", max_output_tokens=64
+            )
+            assert response.status == "completed", model
+            assert response.output_text, model
+            assert response.usage.output_tokens > 0 and response.id.startswith("resp_")
+
+            with client.responses.stream(model=model, input="Say hello") as stream:
+                deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+                final = stream.get_final_response()
+            assert "".join(deltas) == final.output_text == response.output_text, model
+            assert final.usage.total_tokens > 0
+
+            raw_events = list(client.responses.create(model=model, input="Say hello", stream=True))
+            kinds = [e.type for e in raw_events]
+            assert kinds[:2] == ["response.created", "response.in_progress"]
+            assert kinds[-1] == "response.completed"
+            assert [e.sequence_number for e in raw_events] == list(range(len(raw_events)))
+            assert len({e.response.id for e in raw_events if hasattr(e, "response")}) == 1
+        events = usage_events_wait_sync(9)
+        assert {e.endpoint for e in events} == {"responses"}
+        assert {e.outcome for e in events} == {"ok"}
+
+
+def test_responses_tool_loop_with_function_call_output_items(live_gateway, catalog):
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        for model in ("r-mock", "r-openai", "r-claude"):
+            first = client.responses.create(
+                model=model, input="Weather in Paris?", tools=[WEATHER], tool_choice="required"
+            )
+            [call] = [item for item in first.output if item.type == "function_call"]
+            assert call.name == "get_weather" and isinstance(json.loads(call.arguments), dict)
+
+            with client.responses.stream(
+                model=model, input="Weather in Paris?", tools=[WEATHER], tool_choice="required"
+            ) as stream:
+                final = stream.get_final_response()
+            [streamed] = [item for item in final.output if item.type == "function_call"]
+            assert json.loads(streamed.arguments) == json.loads(call.arguments), model
+
+            second = client.responses.create(
+                model=model,
+                input=[
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {
+                        "type": "function_call",
+                        "call_id": call.call_id,
+                        "name": call.name,
+                        "arguments": call.arguments,
+                    },
+                    {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+                ],
+                tools=[WEATHER],
+            )
+            assert second.status == "completed"
+            if model == "r-mock":
+                assert second.output_text  # after a tool result the mock answers text
+        # the tool result reached the Anthropic upstream as a tool_result block
+        sent = [r.body for r in catalog["fake"].requests if r.path == "/v1/messages"][-1]
+        blocks = [b for m in sent["messages"] for b in m["content"] if isinstance(b, dict)]
+        assert any(
+            b.get("type") == "tool_result" and b["tool_use_id"] == call.call_id for b in blocks
+        )
+
+
+def test_responses_structured_output_over_the_mock(live_gateway, catalog):
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        parsed = client.responses.parse(model="r-mock", input="Forecast?", text_format=Forecast)
+        assert isinstance(parsed.output_parsed, Forecast)
+        client.responses.create(
+            model="r-openai",
+            input="Forecast?",
+            text={
+                "format": {
+                    "type": "json_schema",
+                    "name": "f",
+                    "schema": Forecast.model_json_schema(),
+                }
+            },
+        )
+        sent = catalog["fake"].requests[-1].body
+        assert sent["response_format"]["type"] == "json_schema"
+        assert sent["response_format"]["json_schema"]["name"] == "f"
+
+
+def test_responses_refuse_stored_state_and_hosted_tools_with_a_clear_400(live_gateway, catalog):
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        with pytest.raises(openai.BadRequestError, match="does not store responses"):
+            client.responses.create(model="r-mock", input="hi", previous_response_id="resp_1")
+        with pytest.raises(openai.BadRequestError, match="store=true is not supported"):
+            client.responses.create(model="r-mock", input="hi", store=True)
+        with pytest.raises(openai.BadRequestError, match="web_search"):
+            client.responses.create(model="r-mock", input="hi", tools=[{"type": "web_search"}])
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model="r-mock", input=[{"type": "item_reference", "id": "x"}])
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model="no-such-model", input="hi")
+        bad = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.responses.create(model="r-mock", input="hi")
+        events = usage_events_wait_sync(6)
+        assert {e.outcome for e in events} == {"rejected"}
+
+
+def test_completions_models_retrieve_and_n_choices(live_gateway, catalog):
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        for model in ("r-mock", "r-openai", "r-claude"):
+            completion = client.completions.create(model=model, prompt="Once upon", max_tokens=8)
+            assert completion.object == "text_completion" and completion.choices[0].text
+            streamed = client.completions.create(
+                model=model, prompt="Once upon", max_tokens=8, stream=True
+            )
+            text = "".join(c.choices[0].text for c in streamed if c.choices)
+            assert text == completion.choices[0].text, model
+
+            many = client.completions.create(model=model, prompt=["a", "b"], n=2, max_tokens=4)
+            assert [c.index for c in many.choices] == [0, 1, 2, 3]
+
+            chat = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], n=3
+            )
+            assert [c.index for c in chat.choices] == [0, 1, 2]
+            assert all(c.message.content for c in chat.choices)
+
+        assert client.models.retrieve("r-mock").id == "r-mock"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("nope")
+
+        with pytest.raises(openai.BadRequestError, match="fan-out"):
+            client.chat.completions.create(
+                model="r-claude", messages=[{"role": "user", "content": "hi"}], n=2, stream=True
+            )
+        with pytest.raises(openai.BadRequestError, match="token-array"):
+            client.completions.create(model="r-mock", prompt=[1, 2, 3])
+    # The OpenAI-kind upstream got n natively (one call), the Anthropic one a fan-out.
+    sent = [
+        r.body
+        for r in catalog["fake"].requests
+        if isinstance(r.body, dict) and r.body.get("n") == 3
+    ]
+    assert len(sent) == 1
+    events = usage_events_wait_sync(3 * 4 + 2)
+    by_route = {}
+    for event in events:
+        if event.endpoint == "chat" and event.outcome == "ok":
+            by_route[event.route] = event
+    # billed per choice: three fan-out calls each bill their prompt and their completion
+    mock_one = [e for e in events if e.route == "r-mock" and e.endpoint == "completions"][0]
+    assert by_route["r-mock"].tokens_in == 3 * (by_route["r-mock"].tokens_in // 3)
+    assert by_route["r-mock"].tokens_out >= 3
+    assert mock_one.tokens_out > 0
