@@ -31,6 +31,9 @@ class ModelEntry:
     supports_tools: bool
     supports_vision: bool
     supports_embeddings: bool
+    # Prompt-cache prices (None: the input price).
+    cache_read_price_per_mtok: Decimal | None = None
+    cache_write_price_per_mtok: Decimal | None = None
     # Effective-dated prices, sorted by start: ((effective_from, input, output), ...).
     price_schedule: tuple[tuple[datetime, Decimal, Decimal], ...] = ()
 
@@ -90,6 +93,8 @@ def model_entry_from(model: Model, prices: Iterable[ModelPrice] = ()) -> ModelEn
         supports_tools=model.supports_tools,
         supports_vision=model.supports_vision,
         supports_embeddings=model.supports_embeddings,
+        cache_read_price_per_mtok=model.cache_read_price_per_mtok,
+        cache_write_price_per_mtok=model.cache_write_price_per_mtok,
         price_schedule=schedule,
     )
 

@@ -309,11 +309,17 @@ async def _stream_response(call: InferenceCall, chat: ChatRequest, *, model: str
 
 @api.get("/v1/models", response={200: ModelListOut, 401: ErrorOut}, summary="List usable models")
 async def list_models(request: HttpRequest):
+    anthropic_shape = wants_anthropic_shape(request.META)
     try:
         policy = await authenticate(request)
     except GatewayError as error:
+        if anthropic_shape:
+            return messages.anthropic_error_response(error)
         return error_response(error)
     snapshot = await snapshot_get()
+    if anthropic_shape:
+        names = [n for n in snapshot.public_names() if policy.allows_model(n)]
+        return anthropic_models_response(names)
     created = int(snapshot.loaded_at and time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
@@ -375,6 +381,10 @@ async def embeddings(request: HttpRequest, payload: EmbeddingsIn):
 # The other ingress shapes register their views on `api` and reuse the helpers above; they are
 # imported last so that importing either module first also works.
 from routing import generate, messages  # noqa: E402, F401
+from routing.endpoints.anthropic_extras import anthropic_models_response  # noqa: E402
+from routing.endpoints.anthropic_extras import router as _anthropic_extras_router  # noqa: E402
 from routing.endpoints.responses import router as _responses_router  # noqa: E402
+from routing.protocols.models import wants_anthropic_shape  # noqa: E402
 
 api.add_router("", _responses_router)
+api.add_router("", _anthropic_extras_router)

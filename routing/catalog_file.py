@@ -156,6 +156,9 @@ def _model_values(
         ),
         "is_active": bool(entry.get("active", True)),
     }
+    for name in ("cache_read_price_per_mtok", "cache_write_price_per_mtok"):
+        if name in entry:
+            values[name] = _price(entry[name], f"{where}.{name}")
     for name in ("context_window", "max_output_tokens"):
         if name in entry:
             values[name] = int(entry[name])

@@ -42,6 +42,7 @@ from routing.protocols.completions import (
     completions_request_parse,
     new_completion_id,
 )
+from routing.protocols.models import wants_anthropic_shape
 from routing.protocols.responses import (
     ResponseShell,
     ResponsesStreamEncoder,
@@ -244,12 +245,22 @@ async def chat_completion_choices(
 # -- GET /v1/models/{id} --------------------------------------------------------------------
 @router.get("/v1/models/{path:model_id}", response={200: dict, 401: dict, 404: dict})
 async def retrieve_model(request: HttpRequest, model_id: str):
+    anthropic_shape = wants_anthropic_shape(request.META)
     try:
         policy = await authenticate(request)
     except GatewayError as error:
+        if anthropic_shape:
+            from routing.messages import anthropic_error_response
+
+            return anthropic_error_response(error)
         return error_response(error)
     snapshot = await snapshot_get()
-    if snapshot.resolve(model_id) is None or not policy.allows_model(model_id):
+    known = snapshot.resolve(model_id) is not None and policy.allows_model(model_id)
+    if anthropic_shape:
+        from routing.endpoints.anthropic_extras import anthropic_model_response
+
+        return anthropic_model_response(model_id if known else None)
+    if not known:
         # A model the key may not use is reported like an unknown one: no catalog probing.
         return error_response(
             GatewayError(
