@@ -216,3 +216,35 @@ def test_completions_models_retrieve_and_n_choices(live_gateway, catalog):
     assert by_route["r-mock"].tokens_in == 3 * (by_route["r-mock"].tokens_in // 3)
     assert by_route["r-mock"].tokens_out >= 3
     assert mock_one.tokens_out > 0
+
+
+def test_responses_upstream_failures_before_and_during_the_stream(live_gateway, catalog):
+    import httpx
+
+    fake = catalog["fake"]
+    with live_gateway(env=LIVE_ENV) as base:
+        client = _client(base, catalog["raw"])
+        fake.script("500")
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.responses.create(model="r-openai", input="hi", stream=True)
+        assert caught.value.status_code == 502
+        assert caught.value.body["code"] == "upstream_unavailable"
+
+        fake.script("cut:after=3")
+        http = httpx.Client(base_url=base, timeout=30)
+        response = http.post(
+            "/v1/responses",
+            headers={"authorization": f"Bearer {catalog['raw']}"},
+            json={"model": "r-openai", "input": "hi", "stream": True},
+        )
+        assert response.status_code == 200
+        kinds = [
+            json.loads(line[6:])["type"]
+            for line in response.text.splitlines()
+            if line.startswith("data: ")
+        ]
+        assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
+        assert "response.completed" not in kinds
+        events = usage_events_wait_sync(2)
+        assert [e.outcome for e in events] == ["error", "error"]
+        assert {e.endpoint for e in events} == {"responses"}
