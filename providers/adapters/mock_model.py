@@ -85,9 +85,10 @@ def _after_tool_result(messages: list[dict[str, Any]]) -> bool:
 def tool_to_call(request: ChatRequest) -> dict[str, Any] | None:
     """The function tool the mock calls for this request, or None to answer text.
 
-    `none` never calls; `required` and a named choice always call (the named one, else the
-    tool named in the prompt, else the first); `auto` (or no choice) calls when the
-    conversation ends with a user turn, not right after a tool result."""
+    `none` never calls; `required` and a named choice always call (the named one, else a
+    tool not called yet in the conversation, the one the prompt names first, else the
+    first); `auto` (or no choice) calls when the conversation ends with a user turn, not
+    right after a tool result."""
     functions = _function_tools(request.tools)
     if not functions:
         return None
@@ -103,11 +104,25 @@ def tool_to_call(request: ChatRequest) -> dict[str, Any] | None:
             return None  # names a tool that was not offered: answer text
     elif choice != "required" and _after_tool_result(request.messages):
         return None
+    # Like a model working through a task: a tool it has not called yet in this conversation
+    # first (so `required` after a tool result moves on, e.g. to a final-answer tool), the
+    # one the prompt names first among those.
+    called = _called_tools(request.messages)
+    candidates = [f for f in functions if f["name"] not in called] or functions
     prompt = last_user_text(request.messages).lower()
-    for function in functions:
+    for function in candidates:
         if str(function["name"]).lower() in prompt:
             return function
-    return functions[0]
+    return candidates[0]
+
+
+def _called_tools(messages: list[dict[str, Any]]) -> set[str]:
+    names = set()
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                names.add(str((call.get("function") or {}).get("name") or ""))
+    return names
 
 
 def tool_arguments(function: dict[str, Any], messages: list[dict[str, Any]]) -> str:

@@ -216,3 +216,25 @@ async def test_embeddings_have_the_requested_dimensions_in_float_and_base64():
 async def test_embeddings_refuse_impossible_dimensions_and_unknown_encodings(extra):
     with pytest.raises(ProviderBadRequest):
         await _adapter().embed(EmbeddingRequest(model="m", input=["a"], extra=extra))
+
+
+async def test_required_after_a_tool_result_moves_on_to_a_tool_not_called_yet():
+    final = {"type": "function", "function": {"name": "final_result", "parameters": SCHEMA}}
+    history = HELLO + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    response = await _adapter().chat(
+        _chat(messages=history, tools=[WEATHER, final], tool_choice="required")
+    )
+    assert response.tool_calls[0]["function"]["name"] == "final_result"
