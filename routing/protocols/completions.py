@@ -88,6 +88,10 @@ def completions_request_parse(body: bytes) -> CompletionsIn:
             "suffix is not supported by this gateway", param="suffix", code="unsupported_parameter"
         )
     prompts = completion_prompts(payload)
+    if len(prompts) * payload.n > MAX_PROMPTS:
+        raise CompletionsInvalid(
+            f"at most {MAX_PROMPTS} choices per request (prompts x n)", param="n"
+        )
     if payload.stream and len(prompts) * payload.n > 1:
         raise CompletionsInvalid(
             "stream=true takes one prompt and n=1 here; send one request per choice",

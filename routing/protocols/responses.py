@@ -1,7 +1,7 @@
 """OpenAI's Responses API (`POST /v1/responses`) over our normalized chat types, as pure
 functions: request -> ChatRequest, ChatResponse -> Response object, chunks -> the Responses
-SSE event sequence. No I/O and no Django here; the endpoint (routing/endpoints/responses.py)
-only authenticates, calls these and the inference call.
+SSE event sequence. No I/O here; the endpoint (routing/endpoints/responses.py) only
+authenticates, calls these and the inference call.
 
 Stateless: the gateway stores no responses. `store: true` and `previous_response_id` are
 refused with a 400 that says so (send the whole conversation as `input` items instead, as

@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from providers.models import ProviderKind
+from providers.tokens import count_message_tokens
 from tests.routing.support import (
     LIVE_ENV,
     caches_clear,
@@ -207,15 +208,15 @@ def test_completions_models_retrieve_and_n_choices(live_gateway, catalog):
     ]
     assert len(sent) == 1
     events = usage_events_wait_sync(3 * 4 + 2)
-    by_route = {}
-    for event in events:
-        if event.endpoint == "chat" and event.outcome == "ok":
-            by_route[event.route] = event
-    # billed per choice: three fan-out calls each bill their prompt and their completion
-    mock_one = [e for e in events if e.route == "r-mock" and e.endpoint == "completions"][0]
-    assert by_route["r-mock"].tokens_in == 3 * (by_route["r-mock"].tokens_in // 3)
-    assert by_route["r-mock"].tokens_out >= 3
-    assert mock_one.tokens_out > 0
+    chats = {e.route: e for e in events if e.endpoint == "chat" and e.outcome == "ok"}
+    one_prompt = count_message_tokens([{"role": "user", "content": "hi"}])
+    # billed per choice: a fan-out bills three calls, each with its prompt and its answer
+    assert chats["r-mock"].tokens_in == 3 * one_prompt
+    assert chats["r-claude"].tokens_in == 3 * catalog["fake"].prompt_tokens
+    # native n: one call, the prompt once and three answers (as the upstream reports)
+    assert chats["r-openai"].tokens_in == catalog["fake"].prompt_tokens
+    assert chats["r-openai"].tokens_out > 0 and chats["r-openai"].tokens_out % 3 == 0
+    assert all(e.cost_usd > 0 for e in chats.values())
 
 
 def test_responses_upstream_failures_before_and_during_the_stream(live_gateway, catalog):

@@ -183,6 +183,7 @@ def test_responses_stream_failure_ends_with_error_and_response_failed():
         {"prompt": "a", "n": 2, "stream": True},
         {"prompt": ["p"] * 33},
         {"prompt": "a", "n": 17},
+        {"prompt": ["p"] * 3, "n": 11},  # 33 upstream answers: fan-out is bounded
     ],
 )
 def test_completions_refuses_token_arrays_suffix_and_multi_choice_streams(body):
