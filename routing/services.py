@@ -116,7 +116,11 @@ class InferenceCall:
             request_id=self.request_id,
             estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
             max_output_tokens=max_out,
-            input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
+            # A prompt-cache write may cost more than input: reserve at the dearer of the two.
+            input_price_per_mtok=max(
+                max(t.model.price_at(self.created_at)[0], t.model.cache_write_price_per_mtok or 0)
+                for t in targets
+            ),
             output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
         )
 

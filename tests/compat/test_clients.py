@@ -262,3 +262,29 @@ def test_langchain_openai(live_gateway, catalog, cells):
                 model="c-mock", check_embedding_ctx_length=False, **common
             )
             assert len(embeddings.embed_documents(["a", "b"])) == 2
+
+
+def test_langchain_anthropic(live_gateway, catalog, cells):
+    import langchain_anthropic
+    from langchain_anthropic import ChatAnthropic
+
+    client_name = f"langchain-anthropic {langchain_anthropic.__version__}"
+    with live_gateway(env=LIVE_ENV) as base:
+        common = {"base_url": base, "api_key": catalog["raw"], "max_retries": 0, "max_tokens": 256}
+        for model in ("c-mock", "c-openai", "c-claude"):
+            chat = ChatAnthropic(model=model, **common)
+            with cells.cell(client_name, f"invoke + stream ({model})"):
+                assert chat.invoke("hello").content
+                assert "".join(str(chunk.content) for chunk in chat.stream("hello"))
+        mock = ChatAnthropic(model="c-mock", **common)
+        with cells.cell(client_name, "bind_tools (mock)"):
+            message = mock.bind_tools([get_weather]).invoke("Weather in Paris?")
+            assert message.tool_calls[0]["name"] == "get_weather"
+        with cells.cell(client_name, "with_structured_output (mock)"):
+            assert isinstance(mock.with_structured_output(Forecast).invoke("Forecast?"), Forecast)
+        with cells.cell(client_name, "extended thinking (Anthropic upstream)"):
+            thinking = ChatAnthropic(
+                model="c-claude", thinking={"type": "enabled", "budget_tokens": 1024}, **common
+            )
+            blocks = thinking.invoke("hello").content
+            assert [b["type"] for b in blocks][0] == "thinking" and blocks[0]["signature"]
