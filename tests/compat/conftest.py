@@ -19,6 +19,10 @@ RESULTS = Path(__file__).with_name("last_run.json")
 _outcomes: dict[str, dict[str, str]] = {}
 
 
+def record_outcome(client: str, feature: str, outcome: str) -> None:
+    _outcomes.setdefault(client, {})[feature] = outcome
+
+
 class Cells:
     """Runs each check, records pass/fail, and fails the test at the end if any failed (so
     one broken feature does not hide the others)."""

@@ -21,8 +21,11 @@ Targets: `mock` = the built-in mock provider; `c-openai` = an OpenAI-kind upstre
 `c-claude` = an Anthropic upstream. Client versions are pinned in the `dev` extra of
 pyproject.toml (compat section).
 
-Not covered yet: the Node SDKs (openai-node, @anthropic-ai/sdk), litellm as a client, and instructor (instructor 1.17.0 resolves to openai 3.3, older than
-the openai the rest of the suite pins).
+The Node SDKs are pinned in tests/compat/node/package-lock.json and installed by the test
+with `npm ci`.
+
+Not covered yet: litellm as a client, and instructor (instructor 1.17.0 resolves to openai
+3.3, older than the openai the rest of the suite pins).
 """
 
 
