@@ -137,6 +137,32 @@ async def create_response(request: HttpRequest):
     return _json(response_object(shell, response), call)
 
 
+async def _not_stored(request: HttpRequest, response_id: str) -> HttpResponse:
+    try:
+        await authenticate(request)
+    except GatewayError as error:
+        return error_response(error)
+    return error_response(
+        GatewayError(
+            status=404,
+            message=f"No response found with id '{response_id}': this gateway does not store "
+            "responses (store=false semantics); keep the output you received.",
+            code="response_not_stored",
+            param="response_id",
+        )
+    )
+
+
+@router.get("/v1/responses/{response_id}", response={401: dict, 404: dict})
+async def retrieve_response(request: HttpRequest, response_id: str):
+    return await _not_stored(request, response_id)
+
+
+@router.delete("/v1/responses/{response_id}", response={401: dict, 404: dict})
+async def delete_response(request: HttpRequest, response_id: str):
+    return await _not_stored(request, response_id)
+
+
 # -- POST /v1/completions -------------------------------------------------------------------
 @router.post("/v1/completions", response=_ERRORS | {200: dict}, summary="Create a completion")
 async def create_completion(request: HttpRequest):

@@ -162,6 +162,10 @@ def test_responses_refuse_stored_state_and_hosted_tools_with_a_clear_400(live_ga
             client.responses.create(model="r-mock", input=[{"type": "item_reference", "id": "x"}])
         with pytest.raises(openai.NotFoundError):
             client.responses.create(model="no-such-model", input="hi")
+        with pytest.raises(openai.NotFoundError, match="does not store responses"):
+            client.responses.retrieve("resp_123")
+        with pytest.raises(openai.NotFoundError, match="does not store responses"):
+            client.responses.delete("resp_123")
         bad = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad.responses.create(model="r-mock", input="hi")
