@@ -8,6 +8,7 @@ prices. Other kinds translate what they can and refuse the rest in Anthropic's s
 from __future__ import annotations
 
 import copy
+import time
 from decimal import Decimal
 
 import anthropic
@@ -144,7 +145,13 @@ def test_claude_code_request_reaches_anthropic_intact_and_is_billed_at_cache_pri
         "anthropic-beta" in plain.headers and "interleaved" not in plain.headers["anthropic-beta"]
     )
 
-    events = usage_events_wait_sync(2)
+    # this test's events (a previous test's server may still be writing its own)
+    deadline = time.monotonic() + 10
+    events = []
+    while len(events) < 2 and time.monotonic() < deadline:
+        events = [e for e in usage_events_wait_sync(0) if e.route == "cc-claude"]
+        time.sleep(0.05)
+    assert len(events) == 2
     assert {e.outcome for e in events} == {"ok"}
     for event in events:
         assert (event.cache_read_tokens, event.cache_write_tokens) == (3000, 500)
