@@ -287,9 +287,15 @@ class ModelAdmin(ServiceSavingAdmin):
         (
             "Price (USD per 1M tokens)",
             {
-                "fields": ["input_price_per_mtok", "output_price_per_mtok"],
+                "fields": [
+                    "input_price_per_mtok",
+                    "output_price_per_mtok",
+                    "cache_read_price_per_mtok",
+                    "cache_write_price_per_mtok",
+                ],
                 "description": "A change takes effect now and is kept in the price history; "
-                "past requests keep the price they were charged.",
+                "past requests keep the price they were charged. Cache prices (empty: the "
+                "input price) are current prices only.",
             },
         ),
         ("Limits", {"fields": ["context_window", "max_output_tokens"]}),

@@ -39,6 +39,9 @@ class ModelEntry:
     # (A tuple of (task, score) pairs, sorted, so entries stay hashable.)
     quality: tuple[tuple[str, float], ...] = ()
     tasks: tuple[str, ...] = ()
+    # Prompt-cache prices (None: the input price).
+    cache_read_price_per_mtok: Decimal | None = None
+    cache_write_price_per_mtok: Decimal | None = None
     # Effective-dated prices, sorted by start: ((effective_from, input, output), ...).
     price_schedule: tuple[tuple[datetime, Decimal, Decimal], ...] = ()
 
@@ -124,6 +127,8 @@ def model_entry_from(model: Model, prices: Iterable[ModelPrice] = ()) -> ModelEn
         supports_json_mode=model.supports_json_mode,
         quality=tuple(sorted((str(k), float(v)) for k, v in (model.quality or {}).items())),
         tasks=tuple(model.tasks or ()),
+        cache_read_price_per_mtok=model.cache_read_price_per_mtok,
+        cache_write_price_per_mtok=model.cache_write_price_per_mtok,
         price_schedule=schedule,
     )
 

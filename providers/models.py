@@ -58,6 +58,23 @@ class Model(models.Model):
     output_price_per_mtok = models.DecimalField(
         max_digits=14, decimal_places=6, default=Decimal("0")
     )
+    # Prompt-cache prices (Anthropic bills cache writes and reads apart from input; OpenAI's
+    # cached input is cheaper). Empty: such tokens cost the input price. Current price only:
+    # the effective-dated history covers input and output.
+    cache_read_price_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per 1M prompt tokens read from the prompt cache (empty: input price)",
+    )
+    cache_write_price_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per 1M prompt tokens written to the prompt cache (empty: input price)",
+    )
     context_window = models.PositiveIntegerField(default=8192)
     max_output_tokens = models.PositiveIntegerField(default=4096)
     supports_streaming = models.BooleanField(default=True)

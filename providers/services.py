@@ -47,6 +47,8 @@ MODEL_FIELDS = frozenset(
         "upstream_model",
         "input_price_per_mtok",
         "output_price_per_mtok",
+        "cache_read_price_per_mtok",
+        "cache_write_price_per_mtok",
         "context_window",
         "max_output_tokens",
         "supports_streaming",
@@ -60,6 +62,7 @@ MODEL_FIELDS = frozenset(
     }
 )
 _PRICE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok")
+_CACHE_PRICE_FIELDS = ("cache_read_price_per_mtok", "cache_write_price_per_mtok")
 _TIMEOUT_FIELDS = (
     "connect_timeout_s",
     "first_byte_timeout_s",
@@ -218,6 +221,10 @@ def _model_validate(model: Model) -> None:
         value = getattr(model, name)
         if value is None or Decimal(value) < 0:
             errors[name] = "must be a non-negative price (USD per 1M tokens)"
+    for name in _CACHE_PRICE_FIELDS:
+        value = getattr(model, name)
+        if value is not None and Decimal(value) < 0:
+            errors[name] = "must be a non-negative price (USD per 1M tokens), or empty"
     if (
         model.max_output_tokens
         and model.context_window
@@ -240,6 +247,10 @@ def _model_validate(model: Model) -> None:
     model.full_clean()
 
 
+def _optional_price(value: Decimal | str | None) -> Decimal | None:
+    return None if value is None or value == "" else Decimal(str(value))
+
+
 def model_create(
     *,
     name: str,
@@ -247,6 +258,8 @@ def model_create(
     upstream_model: str,
     input_price_per_mtok: Decimal | str = Decimal("0"),
     output_price_per_mtok: Decimal | str = Decimal("0"),
+    cache_read_price_per_mtok: Decimal | str | None = None,
+    cache_write_price_per_mtok: Decimal | str | None = None,
     context_window: int = 8192,
     max_output_tokens: int = 4096,
     supports_streaming: bool = True,
@@ -265,6 +278,8 @@ def model_create(
         upstream_model=upstream_model,
         input_price_per_mtok=Decimal(str(input_price_per_mtok)),
         output_price_per_mtok=Decimal(str(output_price_per_mtok)),
+        cache_read_price_per_mtok=_optional_price(cache_read_price_per_mtok),
+        cache_write_price_per_mtok=_optional_price(cache_write_price_per_mtok),
         context_window=context_window,
         max_output_tokens=max_output_tokens,
         supports_streaming=supports_streaming,
@@ -295,6 +310,9 @@ def model_update(*, model: Model, fields: dict[str, Any]) -> Model:
     prices = {name: fields.pop(name) for name in _PRICE_FIELDS if name in fields}
     new_prices = {name: Decimal(str(value)) for name, value in prices.items()}
     price_changed = any(getattr(model, name) != value for name, value in new_prices.items())
+    for name in _CACHE_PRICE_FIELDS:
+        if name in fields:
+            fields[name] = _optional_price(fields[name])
     changed = sorted(name for name, value in fields.items() if getattr(model, name) != value)
     for name, value in fields.items():
         setattr(model, name, value)

@@ -31,6 +31,18 @@ class Usage:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class NativeRequest:
+    """The client's request in a provider protocol the ingress spoke (today: "anthropic" from
+    /v1/messages): an adapter of that protocol sends `body` as it is (only the model, stream
+    and max_tokens set by routing), plus `headers` (e.g. anthropic-beta), so nothing the
+    normalized request cannot express is lost. Adapters of other protocols ignore it."""
+
+    protocol: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """An OpenAI-shaped chat request after validation. `model` is the upstream model id once
@@ -49,6 +61,7 @@ class ChatRequest:
     user: str | None = None
     # Every other OpenAI field the client sent (n, seed, response_format, ...), forwarded as is.
     extra: dict[str, Any] = field(default_factory=dict)
+    native: NativeRequest | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +75,8 @@ class ChatResponse:
     created: int = 0
     # The upstream's own OpenAI-shaped body, when it has one, for cheap pass-through.
     raw: dict[str, Any] | None = None
+    # The upstream's body in the request's native protocol (request.native), when it has one.
+    native: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +90,9 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     raw: bytes | None = None
+    # The upstream's event in the request's native protocol (request.native), SSE-framed, for
+    # verbatim forwarding; a chunk may carry only this (events with no OpenAI form).
+    native: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -253,6 +253,12 @@ async def chat_completions(request: HttpRequest, payload: ChatCompletionIn):
         policy = await authenticate(request)
         route = await resolve_route(request, policy, payload.model)
         chat = chat_request_from(payload, raw_messages=_raw_messages(request))
+        if (payload.n or 1) > 1:
+            from routing.endpoints.responses import chat_completion_choices
+
+            return await chat_completion_choices(
+                request, chat=chat, policy=policy, route=route, n=payload.n
+            )
         call = await inference_call_open(
             request_id=_request_id(request), policy=policy, route=route, chat=chat, endpoint="chat"
         )
@@ -303,11 +309,17 @@ async def _stream_response(call: InferenceCall, chat: ChatRequest, *, model: str
 
 @api.get("/v1/models", response={200: ModelListOut, 401: ErrorOut}, summary="List usable models")
 async def list_models(request: HttpRequest):
+    anthropic_shape = wants_anthropic_shape(request.META)
     try:
         policy = await authenticate(request)
     except GatewayError as error:
+        if anthropic_shape:
+            return messages.anthropic_error_response(error)
         return error_response(error)
     snapshot = await snapshot_get()
+    if anthropic_shape:
+        names = [n for n in snapshot.public_names() if policy.allows_model(n)]
+        return anthropic_models_response(names)
     created = int(snapshot.loaded_at and time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
@@ -369,3 +381,10 @@ async def embeddings(request: HttpRequest, payload: EmbeddingsIn):
 # The other ingress shapes register their views on `api` and reuse the helpers above; they are
 # imported last so that importing either module first also works.
 from routing import generate, messages  # noqa: E402, F401
+from routing.endpoints.anthropic_extras import anthropic_models_response  # noqa: E402
+from routing.endpoints.anthropic_extras import router as _anthropic_extras_router  # noqa: E402
+from routing.endpoints.responses import router as _responses_router  # noqa: E402
+from routing.protocols.models import wants_anthropic_shape  # noqa: E402
+
+api.add_router("", _responses_router)
+api.add_router("", _anthropic_extras_router)

@@ -20,6 +20,7 @@ from providers.catalog import catalog_changed
 from providers.models import Model, Provider, ProviderKind
 from providers.secrets import secret_env_validate
 from providers.services import model_upsert, provider_create, provider_update
+from providers.urls import base_url_normalize
 from routing.decide.tasks import TASK_NAMES
 from routing.models import Route, RouteStep, Strategy
 from routing.options import RouteOptionsError, route_options_parse
@@ -54,6 +55,8 @@ class CatalogLoadResult:
     pruned: dict[str, int] = field(
         default_factory=lambda: {"providers": 0, "models": 0, "routes": 0}
     )
+    # What was normalized on the way in (base URLs given in the other convention...).
+    normalized: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = []
@@ -62,7 +65,9 @@ class CatalogLoadResult:
                 f"{kind}: {self.created[kind]} created, {self.updated[kind]} updated"
                 + (f", {self.pruned[kind]} deactivated" if self.pruned[kind] else "")
             )
-        return "; ".join(parts)
+        lines = ["; ".join(parts)]
+        lines.extend(f"normalized {note}" for note in self.normalized)
+        return "\n".join(lines)
 
 
 def catalog_file_parse(path: Path) -> dict[str, Any]:
@@ -159,6 +164,9 @@ def _model_values(
         ),
         "is_active": bool(entry.get("active", True)),
     }
+    for name in ("cache_read_price_per_mtok", "cache_write_price_per_mtok"):
+        if name in entry:
+            values[name] = _price(entry[name], f"{where}.{name}")
     for name in ("context_window", "max_output_tokens"):
         if name in entry:
             values[name] = int(entry[name])
@@ -196,6 +204,9 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
         where = f"providers[{i}]"
         name = _require(entry, "name", where)
         values = _provider_values(entry, f"{where} ({name})")
+        values["base_url"], note = base_url_normalize(values["kind"], values["base_url"])
+        if note:
+            result.normalized.append(f"{where} ({name}): {note}")
         existing = Provider.objects.filter(name=name).first()
         try:
             if existing is None:

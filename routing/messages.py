@@ -9,9 +9,10 @@ SSE event sequence) out, and errors in Anthropic's shape
 `{"type": "error", "error": {"type": ..., "message": ...}}`.
 
 Mapping notes (what a Messages client may notice):
-- `system` (string or text blocks) becomes one system message; `cache_control` marks,
-  `top_k`, `thinking` and thinking blocks in the history are not forwarded (OpenAI-shaped
-  upstreams have no such fields).
+- Anthropic upstreams get the client's own request and headers, verbatim (see
+  routing/protocols/anthropic_native.py); other kinds get the conversion below, with
+  Anthropic-only fields translated or refused with a 400.
+- `system` (string or text blocks) becomes one system message.
 - `tool_result` blocks become `tool` messages placed right after the assistant turn that
   asked for them; images inside a tool result follow as a user message.
 - `usage.input_tokens` excludes cached tokens, as Anthropic counts them; the cache fields
@@ -36,6 +37,7 @@ from providers.tokens import estimate_prompt_tokens_fast
 from providers.types import ChatRequest, ChatResponse, Chunk, ProviderError, Usage
 from routing.api import _request_id, api, authenticate, resolve_route
 from routing.errors import GatewayError, gateway_error_from_admission, gateway_error_from_provider
+from routing.protocols.anthropic_native import messages_chat_request
 from routing.services import InferenceCall, inference_call_open, rejected_request_record
 from routing.streaming import keepalive_interval, sse_stream, stream_headers, stream_start
 from tenants.admission import AdmissionDenied
@@ -424,6 +426,7 @@ class AnthropicStreamEncoder:
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool call index -> block index
         self._finish_reason: str | None = None
         self._saw_tool_use = False
+        self._native = False
 
     def _start(self) -> bytes:
         self._started = True
@@ -455,6 +458,9 @@ class AnthropicStreamEncoder:
         )
 
     def encode(self, chunk: Chunk) -> bytes | None:
+        if chunk.native is not None:
+            self._native = True  # an Anthropic upstream's own events, forwarded verbatim
+            return chunk.native
         out = b"" if self._started else self._start()
         if chunk.content:
             if self._open != "text":
@@ -504,8 +510,8 @@ class AnthropicStreamEncoder:
         return _event("error", anthropic_error_body(status=exc.status, message=exc.message))
 
     def finish(self, call: InferenceCall, failure: ProviderError | None) -> bytes | None:
-        if failure is not None:
-            return None  # an Anthropic stream ends at its error event
+        if failure is not None or self._native:
+            return None  # an Anthropic stream ends at its error event (or the upstream's end)
         out = b"" if self._started else self._start()
         out += self._close_block()
         stop_reason = anthropic_stop_reason(self._finish_reason)
@@ -559,7 +565,13 @@ async def create_message(request: HttpRequest):
         policy = await authenticate(request)
         payload = messages_payload_parse(body)
         route = await resolve_route(request, policy, payload.model)
-        chat = chat_request_from_anthropic(payload)
+        chat = messages_chat_request(
+            payload,
+            body=body,
+            route=route,
+            beta=request.headers.get("anthropic-beta"),
+            convert=chat_request_from_anthropic,
+        )
         call = await inference_call_open(
             request_id=_request_id(request),
             policy=policy,
@@ -588,7 +600,9 @@ async def create_message(request: HttpRequest):
         )
         raise
     await call.finish(status_code=200, outcome="ok")
-    body_out = anthropic_message_from(response=response, model=payload.model, message_id=message_id)
+    body_out = response.native or anthropic_message_from(
+        response=response, model=payload.model, message_id=message_id
+    )
     result = HttpResponse(orjson.dumps(body_out), content_type="application/json")
     for name, value in _message_headers(call, call.gateway_headers()).items():
         result[name] = value

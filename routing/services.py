@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from providers.adapters.base import adapter_for
-from providers.pricing import cost_usd
+from providers.pricing import usage_cost_usd
 from providers.tokens import count_message_tokens, count_text_tokens, estimate_prompt_tokens_fast
 from providers.types import (
     ChatRequest,
@@ -126,7 +126,14 @@ class InferenceCall:
                     request_id=self.request_id,
                     estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
                     max_output_tokens=max_out,
-                    input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
+                    # A prompt-cache write may cost more than input: reserve at the dearer of the two.
+                    input_price_per_mtok=max(
+                        max(
+                            t.model.price_at(self.created_at)[0],
+                            t.model.cache_write_price_per_mtok or 0,
+                        )
+                        for t in targets
+                    ),
                     output_price_per_mtok=max(
                         t.model.price_at(self.created_at)[1] for t in targets
                     ),
@@ -355,11 +362,15 @@ class InferenceCall:
         if target is not None:
             # The price in force when the request arrived, even if it changed since.
             self.unit_prices = target.model.price_at(self.created_at)
-            self.cost = cost_usd(
-                tokens_in=usage.prompt_tokens,
-                tokens_out=usage.completion_tokens,
+            self.cost = usage_cost_usd(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
                 input_price_per_mtok=self.unit_prices[0],
                 output_price_per_mtok=self.unit_prices[1],
+                cache_read_price_per_mtok=target.model.cache_read_price_per_mtok,
+                cache_write_price_per_mtok=target.model.cache_write_price_per_mtok,
             )
         payload = usage_event_payload(
             call=self, usage=usage, status_code=status_code, outcome=outcome, error_type=error_type

@@ -245,6 +245,59 @@ def anthropic_request_from_chat(
     return body
 
 
+# -- native pass-through ---------------------------------------------------------------
+# What /v1/messages/count_tokens accepts (a Messages request without the output settings).
+COUNT_TOKENS_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "output_format",
+        "cache_control",
+    }
+)
+
+
+def native_messages_body(
+    body: dict[str, Any], *, model: str, stream: bool, max_tokens: int | None
+) -> dict[str, Any]:
+    """A Messages client's own request, sent on as it is: every documented field (and any
+    future one) kept, only the upstream model id, the stream flag and max_tokens set."""
+    sent = dict(body)
+    sent["model"] = model
+    if stream:
+        sent["stream"] = True
+    else:
+        sent.pop("stream", None)
+    if not isinstance(sent.get("max_tokens"), int):
+        sent["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
+    return sent
+
+
+def merged_headers(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """The provider's headers plus a client's; `anthropic-beta` values are joined, not
+    replaced (the provider's `beta` option and the client's flags both apply)."""
+    headers = dict(base)
+    for name, value in extra.items():
+        if name.lower() == "anthropic-beta" and headers.get("anthropic-beta"):
+            flags = [f.strip() for f in f"{headers['anthropic-beta']},{value}".split(",")]
+            headers["anthropic-beta"] = ",".join(dict.fromkeys(f for f in flags if f))
+        else:
+            headers[name] = value
+    return headers
+
+
+def sse_frame(name: str | bytes, payload: bytes) -> bytes:
+    event = name if isinstance(name, bytes) else name.encode()
+    return b"event: " + event + b"\ndata: " + payload + b"\n\n"
+
+
 # -- response ----------------------------------------------------------------------------
 
 

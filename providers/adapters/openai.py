@@ -29,6 +29,7 @@ from providers.types import (
     ProviderProtocolError,
     Usage,
 )
+from providers.urls import base_url_normalize
 
 _DONE = b"[DONE]"
 
@@ -90,7 +91,7 @@ class OpenAIAdapter(ProviderAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         options = config.options
-        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        self.base_url = base_url_normalize(self.kind, config.base_url or self.default_base_url)[0]
         self.max_tokens_param = str(options.get("max_tokens_param") or "max_tokens")
         self.stream_usage = bool(options.get("stream_usage", True))
         # Built once per configuration: the adapter is rebuilt when the provider changes.

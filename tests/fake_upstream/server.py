@@ -162,6 +162,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._azure_embeddings)
         # handler_cancellation: a client that goes away cancels its handler, as in real servers.
@@ -507,6 +508,7 @@ class FakeUpstream:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         finish = "tool_calls" if call_tool else ("length" if truncated else "stop")
 
+        choices_n = body.get("n") if isinstance(body.get("n"), int) else 1
         if not body.get("stream"):
             message: dict[str, Any] = {
                 "role": "assistant",
@@ -526,11 +528,17 @@ class FakeUpstream:
                 "created": created,
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                    {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                    for i in range(choices_n)
                 ],
             }
             if not no_usage:
-                answer["usage"] = usage
+                # n choices: the prompt counts once, the completions n times (as OpenAI bills)
+                answer["usage"] = dict(
+                    usage,
+                    completion_tokens=completion_tokens * choices_n,
+                    total_tokens=self.prompt_tokens + completion_tokens * choices_n,
+                )
             return await self._json(request, answer, fault)
 
         def event(choices: list[dict[str, Any]], usage_value: Any = None) -> bytes:
@@ -703,10 +711,39 @@ class FakeUpstream:
             "stream",
             "thinking",
             "service_tier",
+            "output_config",
+            "output_format",
+            "cache_control",
+            "container",
+            "context_management",
+            "mcp_servers",
+            "inference_geo",
         }
         if unknown:
             return f"{sorted(unknown)[0]}: Extra inputs are not permitted"
+        for index, message in enumerate(messages):
+            for block in message.get("content") if isinstance(message.get("content"), list) else ():
+                if block.get("type") == "thinking" and not block.get("signature"):
+                    # The real API rejects thinking blocks that lost their signature.
+                    return f"messages.{index}.content: thinking blocks need their signature"
         return None
+
+    async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/messages/count_tokens`: a deterministic count (bytes of the counted
+        fields / 4), so a test can tell the upstream's exact count from an estimate."""
+        body, fault = await self._record(
+            request, api="anthropic", endpoint="count_tokens", model=""
+        )
+        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+            return self._anthropic_error(401, "401", "")
+        replaced = await self._pre_answer_fault(request, fault, self._anthropic_error)
+        if replaced is not None:
+            return replaced
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._anthropic_invalid("messages: Field required")
+        if "max_tokens" in body or "stream" in body:
+            return self._anthropic_invalid("max_tokens: Extra inputs are not permitted")
+        return web.json_response({"input_tokens": fake_count_tokens(body)})
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -743,8 +780,11 @@ class FakeUpstream:
             "output_tokens": output_tokens,
         }
         text = "".join(pieces)
+        thinking = (body.get("thinking") or {}).get("type") == "enabled"
         if not body.get("stream"):
             content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+            if thinking:
+                content.insert(0, dict(FAKE_THINKING))
             if call_tool:
                 content.append(
                     {
@@ -787,35 +827,78 @@ class FakeUpstream:
                     },
                 },
             ),
-            sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            sse("ping", {"type": "ping"}),
         ]
+        block = 0
+        if thinking:
+            events.extend(
+                [
+                    sse(
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": 0,
+                            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                        },
+                    ),
+                    sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {
+                                "type": "thinking_delta",
+                                "thinking": FAKE_THINKING["thinking"],
+                            },
+                        },
+                    ),
+                    sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {
+                                "type": "signature_delta",
+                                "signature": FAKE_THINKING["signature"],
+                            },
+                        },
+                    ),
+                    sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ]
+            )
+            block = 1
+        events.extend(
+            [
+                sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": block,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
+                sse("ping", {"type": "ping"}),
+            ]
+        )
         events.extend(
             sse(
                 "content_block_delta",
                 {
                     "type": "content_block_delta",
-                    "index": 0,
+                    "index": block,
                     "delta": {"type": "text_delta", "text": piece},
                 },
             )
             for piece in pieces
         )
-        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": block}))
+        block += 1
         if call_tool:
             events.append(
                 sse(
                     "content_block_start",
                     {
                         "type": "content_block_start",
-                        "index": 1,
+                        "index": block,
                         "content_block": {
                             "type": "tool_use",
                             "id": "toolu_fake_1",
@@ -830,7 +913,7 @@ class FakeUpstream:
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
-                        "index": 1,
+                        "index": block,
                         "delta": {"type": "input_json_delta", "partial_json": ""},
                     },
                 )
@@ -840,7 +923,7 @@ class FakeUpstream:
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
-                        "index": 1,
+                        "index": block,
                         "delta": {"type": "input_json_delta", "partial_json": part},
                     },
                 )
@@ -863,6 +946,18 @@ class FakeUpstream:
             "error", {"type": "error", "error": {"type": error_type, "message": "Overloaded"}}
         )
         return await self._stream(request, events, fault, end_marker=None, error_event=error_event)
+
+
+def fake_count_tokens(body: dict[str, Any]) -> int:
+    counted = {k: body.get(k) for k in ("system", "messages", "tools") if k in body}
+    return 7 + len(orjson.dumps(counted)) // 4
+
+
+FAKE_THINKING = {
+    "type": "thinking",
+    "thinking": "The user greets me; answer briefly.",
+    "signature": "fake-signature-EqQBCgIYAhIM1gbcDa9GJwZA2b3h",
+}
 
 
 def _presented_key(request: web.Request) -> str:

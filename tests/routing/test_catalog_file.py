@@ -90,3 +90,16 @@ def test_seed_demo_prints_the_raw_key_last_and_stores_only_its_hash(capsys):
     assert raw2 != raw
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+@pytest.mark.django_db
+def test_load_catalog_normalizes_base_urls_and_reports_it(capsys):
+    call_command("load_catalog", str(EXAMPLE))
+    out = capsys.readouterr().out
+    # docs/examples/catalog.toml gives Anthropic in its SDK's convention (no /v1)
+    assert Provider.objects.get(name="anthropic").base_url == "https://api.anthropic.com/v1"
+    assert Provider.objects.get(name="openai").base_url == "https://api.openai.com/v1"
+    [note] = [line for line in out.splitlines() if line.startswith("normalized")]
+    assert "providers[1] (anthropic)" in note and "added '/v1'" in note
+    call_command("load_catalog", str(EXAMPLE))  # the stored value stays the normalized one
+    assert Provider.objects.get(name="anthropic").base_url == "https://api.anthropic.com/v1"
