@@ -268,6 +268,9 @@ GATEWAY_CACHE_MAX_ENTRY_BYTES = env_int("GATEWAY_CACHE_MAX_ENTRY_BYTES", 256 * 1
 GATEWAY_CACHE_MAX_ENTRIES_PER_TENANT = env_int("GATEWAY_CACHE_MAX_ENTRIES_PER_TENANT", 10_000)
 GATEWAY_CACHE_LOCAL_ENTRIES = env_int("GATEWAY_CACHE_LOCAL_ENTRIES", 512)
 GATEWAY_CACHE_LOCAL_TTL_S = env_float("GATEWAY_CACHE_LOCAL_TTL_S", 2.0)
+# Semantic cache: questions kept per identical context (tenant, route, system prompt, tools,
+# parameters); a lookup compares against at most this many vectors.
+GATEWAY_CACHE_SEMANTIC_MAX_PER_CONTEXT = env_int("GATEWAY_CACHE_SEMANTIC_MAX_PER_CONTEXT", 256)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 

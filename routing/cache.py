@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -56,6 +57,8 @@ class CachePolicy:
     max_temperature: float | None = 0.0
     price_fraction: Decimal = Decimal(0)
     per_key: bool = False
+    semantic: bool = False
+    similarity_threshold: float = 0.91
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> CachePolicy:
@@ -66,12 +69,17 @@ class CachePolicy:
         if not Decimal(0) <= fraction <= Decimal(1):
             raise ValueError("cache.price_fraction must be between 0 and 1")
         max_temperature = options.get("max_temperature", 0.0)
+        threshold = float(options.get("similarity_threshold", 0.91))
+        if not 0.5 <= threshold <= 1.0:
+            raise ValueError("cache.similarity_threshold must be between 0.5 and 1")
         return cls(
             enabled=bool(options.get("enabled", False)),
             ttl_s=max(1, int(options.get("ttl_s", 3600))),
             max_temperature=None if max_temperature is None else float(max_temperature),
             price_fraction=fraction,
             per_key=bool(options.get("per_key", False)),
+            semantic=bool(options.get("semantic", False)),
+            similarity_threshold=threshold,
         )
 
 
@@ -183,6 +191,67 @@ def cache_key(
     }
     blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.sha256(blob).hexdigest()
+
+
+def _last_user_turn(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """(index, text) of the last message when it is a user turn made only of text."""
+    if not messages or messages[-1].get("role") != "user":
+        return None
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return len(messages) - 1, content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" for p in content
+    ):
+        return len(messages) - 1, "\n".join(str(p.get("text", "")) for p in content)
+    return None
+
+
+def semantic_context(
+    *,
+    scope: CacheScope,
+    endpoint: str,
+    chat: ChatRequest,
+    model_identities: Iterable[tuple[Any, ...]],
+) -> tuple[str, str] | None:
+    """(bucket, text) for a semantic lookup: the bucket is the hash of everything except the
+    last user turn (route, key scope, models, system prompt and earlier turns, tools, every
+    parameter), so only a paraphrase of the last question under an identical context can match.
+    None when the last turn is not plain user text (images, tool results)."""
+    last = _last_user_turn(chat.messages)
+    if last is None or not last[1].strip():
+        return None
+    index, text = last
+    context_chat = ChatRequest(
+        model=chat.model,
+        messages=[*chat.messages[:index], {"role": "user", "content": "\x00semantic"}],
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        stop=chat.stop,
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+        max_tokens=chat.max_tokens,
+        extra=chat.extra,
+    )
+    bucket = cache_key(
+        scope=scope, endpoint=endpoint, chat=context_chat, model_identities=model_identities
+    )
+    return bucket, text
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"\w+")
+
+
+def semantic_guard(question: str, stored_question: str) -> bool:
+    """Lexical checks that embeddings are blind to, applied after the similarity threshold:
+    the same numbers must appear ("10 miles" never answers "12 miles"), and the same words in
+    another order are a different question ("miles to kilometers" vs "kilometers to miles")."""
+    if sorted(_NUMBER.findall(question)) != sorted(_NUMBER.findall(stored_question)):
+        return False
+    words = _WORD.findall(question.lower())
+    stored_words = _WORD.findall(stored_question.lower())
+    return not (words != stored_words and sorted(words) == sorted(stored_words))
 
 
 # -- the stored answer -------------------------------------------------------------------------
@@ -299,6 +368,29 @@ return 1
 """
 
 
+# KEYS: vectors hash, ages zset. ARGV: digest, vector, now_ms, ttl_ms, max_per_bucket.
+_VECTOR_PUT_SCRIPT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if extra > 0 then
+  local evicted = redis.call('ZPOPMIN', KEYS[2], extra)
+  for i = 1, #evicted, 2 do redis.call('HDEL', KEYS[1], evicted[i]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+
+def _vectors_key(tenant_id: int, bucket: str) -> str:
+    return f"gwc:{{t{tenant_id}}}:s:{bucket}"
+
+
+def _vector_ages_key(tenant_id: int, bucket: str) -> str:
+    return f"gwc:{{t{tenant_id}}}:sz:{bucket}"
+
+
 class CacheUnavailable(Exception):
     """The cache store did not answer in time (the caller bypasses the cache)."""
 
@@ -366,6 +458,31 @@ class RedisCacheStore:
             await self._run(pipe.execute())
         return len(doomed)
 
+    async def vectors_get(self, *, tenant_id: int, bucket: str) -> dict[str, bytes]:
+        rows = await self._run(self._client().hgetall(_vectors_key(tenant_id, bucket)))
+        return {k.decode(): v for k, v in rows.items()}
+
+    async def vector_put(
+        self, *, tenant_id: int, bucket: str, digest: str, vector: bytes, ttl_s: int, bound: int
+    ) -> None:
+        keys = [_vectors_key(tenant_id, bucket), _vector_ages_key(tenant_id, bucket)]
+        args = [digest, vector, int(time.time() * 1000), int(ttl_s * 1000), bound]
+        await self._run(self._client().eval(_VECTOR_PUT_SCRIPT, 2, *keys, *args))
+
+    async def vector_drop(self, *, tenant_id: int, bucket: str, digest: str) -> None:
+        client = self._client()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hdel(_vectors_key(tenant_id, bucket), digest)
+            pipe.zrem(_vector_ages_key(tenant_id, bucket), digest)
+            await self._run(pipe.execute())
+
+    async def semantic_purge(self, *, tenant_id: int) -> int:
+        client = self._client()
+        doomed = [k async for k in client.scan_iter(match=f"gwc:{{t{tenant_id}}}:s*", count=500)]
+        if doomed:
+            await self._run(client.delete(*doomed))
+        return len(doomed)
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.aclose()
@@ -377,6 +494,7 @@ class MemoryCacheStore:
 
     def __init__(self) -> None:
         self._entries: dict[int, OrderedDict[str, tuple[float, str, bytes]]] = {}
+        self._vectors: dict[tuple[int, str], OrderedDict[str, bytes]] = {}
 
     async def get(self, *, tenant_id: int, digest: str) -> bytes | None:
         row = self._entries.get(tenant_id, {}).get(digest)
@@ -402,6 +520,27 @@ class MemoryCacheStore:
                 doomed.append(digest)
         for digest in doomed:
             del entries[digest]
+        return len(doomed)
+
+    async def vectors_get(self, *, tenant_id: int, bucket: str) -> dict[str, bytes]:
+        return dict(self._vectors.get((tenant_id, bucket), {}))
+
+    async def vector_put(
+        self, *, tenant_id: int, bucket: str, digest: str, vector: bytes, ttl_s: int, bound: int
+    ) -> None:
+        rows = self._vectors.setdefault((tenant_id, bucket), OrderedDict())
+        rows[digest] = vector
+        rows.move_to_end(digest)
+        while len(rows) > bound:
+            rows.popitem(last=False)
+
+    async def vector_drop(self, *, tenant_id: int, bucket: str, digest: str) -> None:
+        self._vectors.get((tenant_id, bucket), {}).pop(digest, None)
+
+    async def semantic_purge(self, *, tenant_id: int) -> int:
+        doomed = [k for k in self._vectors if k[0] == tenant_id]
+        for k in doomed:
+            del self._vectors[k]
         return len(doomed)
 
     async def close(self) -> None:
@@ -480,10 +619,73 @@ class ResponseCache:
         self._remember(scope.tenant_id, digest, answer)
         return True
 
-    async def purge(self, *, tenant_id: int, route: str | None = None, key_id: int | None = None):
+    async def semantic_lookup(
+        self, *, tenant_id: int, bucket: str, question: str, vector: Any, threshold: float
+    ) -> tuple[CachedAnswer, float] | None:
+        """The stored answer whose question is most similar to `vector` (unit length) within
+        the bucket, when the cosine similarity reaches `threshold` and the lexical guard
+        (semantic_guard) agrees."""
+        import numpy as np
+
+        if not self._available():
+            raise CacheUnavailable("paused")
+        try:
+            rows = await self.store.vectors_get(tenant_id=tenant_id, bucket=bucket)
+        except CacheUnavailable as exc:
+            self._pause(str(exc))
+            raise
+        if not rows:
+            return None
+        digests = list(rows)
+        width = len(vector) * 2  # float16
+        matrix = np.frombuffer(b"".join(rows[d][:width] for d in digests), dtype=np.float16)
+        matrix = matrix.reshape(len(digests), -1).astype(np.float32)
+        scores = matrix @ np.asarray(vector, dtype=np.float32)
+        best = int(scores.argmax())
+        similarity = float(scores[best])
+        stored_question = rows[digests[best]][width:].decode("utf-8", "replace")
+        if similarity < threshold or not semantic_guard(question, stored_question):
+            return None
+        answer = await self.lookup(tenant_id=tenant_id, digest=digests[best])
+        if answer is None:  # the exact entry expired or was purged: forget its vector too
+            await self.store.vector_drop(tenant_id=tenant_id, bucket=bucket, digest=digests[best])
+            return None
+        return answer, round(similarity, 4)
+
+    async def semantic_store(
+        self, *, tenant_id: int, bucket: str, digest: str, question: str, vector: Any, ttl_s: int
+    ) -> bool:
+        import numpy as np
+
+        if not self._available():
+            return False
+        try:
+            await self.store.vector_put(
+                tenant_id=tenant_id,
+                bucket=bucket,
+                digest=digest,
+                vector=np.asarray(vector, dtype=np.float16).tobytes()
+                + question[:1000].encode("utf-8"),
+                ttl_s=ttl_s,
+                bound=settings.GATEWAY_CACHE_SEMANTIC_MAX_PER_CONTEXT,
+            )
+        except CacheUnavailable as exc:
+            self._pause(str(exc))
+            return False
+        return True
+
+    async def purge(
+        self, *, tenant_id: int, route: str | None = None, key_id: int | None = None
+    ) -> int:
+        """Drops the tenant's entries (of one route or key when given) and returns how many.
+        Semantic vectors point at exact entries, so purged entries stop matching at once; a
+        whole-tenant purge drops the vectors too."""
         for local_key in [k for k in self._local if k[0] == tenant_id]:
             del self._local[local_key]
-        return await self.store.purge(tenant_id=tenant_id, route=route, key_id=key_id)
+        count = await self.store.purge(tenant_id=tenant_id, route=route, key_id=key_id)
+        if route is None and key_id is None:
+            await self.store.semantic_purge(tenant_id=tenant_id)
+        return count
 
 
 _cache: ResponseCache | None = None
