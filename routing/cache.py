@@ -476,6 +476,13 @@ class RedisCacheStore:
             pipe.zrem(_vector_ages_key(tenant_id, bucket), digest)
             await self._run(pipe.execute())
 
+    async def tenant_ids(self) -> list[int]:
+        client = self._client()
+        ids = set()
+        async for name in client.scan_iter(match="gwc:{t*}:idx", count=500):
+            ids.add(int(name.decode().split("{t", 1)[1].split("}", 1)[0]))
+        return sorted(ids)
+
     async def semantic_purge(self, *, tenant_id: int) -> int:
         client = self._client()
         doomed = [k async for k in client.scan_iter(match=f"gwc:{{t{tenant_id}}}:s*", count=500)]
@@ -536,6 +543,9 @@ class MemoryCacheStore:
 
     async def vector_drop(self, *, tenant_id: int, bucket: str, digest: str) -> None:
         self._vectors.get((tenant_id, bucket), {}).pop(digest, None)
+
+    async def tenant_ids(self) -> list[int]:
+        return sorted(tenant for tenant, entries in self._entries.items() if entries)
 
     async def semantic_purge(self, *, tenant_id: int) -> int:
         doomed = [k for k in self._vectors if k[0] == tenant_id]
@@ -686,6 +696,20 @@ class ResponseCache:
         if route is None and key_id is None:
             await self.store.semantic_purge(tenant_id=tenant_id)
         return count
+
+
+async def response_cache_purge(
+    *, tenant_id: int | None, route: str | None = None, key_id: int | None = None
+) -> int:
+    """Drops cached answers of one tenant (or, with tenant_id None, of every tenant), narrowed
+    to one route or one key when given; returns how many exact entries went. Other processes'
+    in-process tiers drop theirs within GATEWAY_CACHE_LOCAL_TTL_S."""
+    cache = response_cache()
+    tenant_ids = [tenant_id] if tenant_id is not None else await cache.store.tenant_ids()
+    total = 0
+    for tenant in tenant_ids:
+        total += await cache.purge(tenant_id=tenant, route=route, key_id=key_id)
+    return total
 
 
 _cache: ResponseCache | None = None
