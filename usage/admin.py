@@ -131,8 +131,9 @@ class UsageEventAdmin(TenantScopedReadOnlyAdmin):
             return HttpResponse(str(exc), status=400, content_type="text/plain")
         daily = list(usage_report(tenant_ids=tenant_ids, start=start, end=end, group_by="day"))
         days, totals_series = spend_series(
-            tenant_ids=tenant_ids, start=start, end=end, dimension="tenant", top=1_000
+            tenant_ids=tenant_ids, start=start, end=end, dimension="tenant", top=0
         )
+        # top=0: every tenant is "other", i.e. the daily total, summed in the database.
         by_day = [
             sum((values[i] for values in totals_series.values()), Decimal(0))
             for i in range(len(days))
@@ -145,8 +146,12 @@ class UsageEventAdmin(TenantScopedReadOnlyAdmin):
             dimension_charts.append(
                 (dimension, charts.line_chart(d_days, series, title=f"Spend per {dimension}"))
             )
-        keys = list(usage_report(tenant_ids=tenant_ids, start=start, end=end, group_by="key"))
-        keys.sort(key=lambda r: -r["cost_usd"])
+        # The ten costliest keys, ranked in the database (not every key brought into Python).
+        keys = list(
+            usage_report(tenant_ids=tenant_ids, start=start, end=end, group_by="key").order_by(
+                "-cost_usd", "tenant_id", "api_key_id"
+            )[:10]
+        )
         key_labels = report_labels(keys[:10], "key")
         top_keys = [report_row(r, "key", key_labels) for r in keys[:10]]
         total_cost = sum((r["cost_usd"] for r in daily), Decimal(0))
