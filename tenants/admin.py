@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from tenants import services
@@ -170,10 +170,21 @@ class TenantAdmin(TenantScopedAdmin):
         ("Budget alerts", {"fields": ("alert_thresholds", "alert_webhook_url", "alert_email")}),
     )
 
-    @admin.display(description="keys")
+    @admin.display(description="links")
     def keys_link(self, obj: Tenant) -> str:
-        url = reverse("admin:tenants_apikey_changelist")
-        return format_html('<a href="{}?tenant={}">keys</a>', url, obj.pk)
+        keys = reverse("admin:tenants_apikey_changelist")
+        try:
+            # The usage app registers the dashboard; tenants names its URL, imports nothing.
+            dashboard = reverse("admin:usage_dashboard")
+        except NoReverseMatch:
+            return format_html('<a href="{}?tenant={}">keys</a>', keys, obj.pk)
+        return format_html(
+            '<a href="{}?tenant={}">keys</a> · <a href="{}?tenant={}">cost</a>',
+            keys,
+            obj.pk,
+            dashboard,
+            obj.pk,
+        )
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:

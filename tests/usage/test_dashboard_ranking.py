@@ -67,3 +67,34 @@ def test_the_dashboard_query_count_does_not_grow_with_keys(client, keys):
     assert response.status_code == 200
     # Budgets are listed for at most 150 tenants/keys; none here, so the count is fixed.
     assert len(ctx.captured_queries) <= 30, [q["sql"][:120] for q in ctx.captured_queries]
+
+
+def test_event_list_endpoint_filter_offers_the_endpoints_present_and_filters(client):
+    from usage.models import UsageEvent
+
+    UsageEvent.objects.bulk_create(
+        UsageEvent(request_id=f"r{i}", created_at=DAY0, endpoint=endpoint)
+        for i, endpoint in enumerate(["chat", "embeddings", "chat"])
+    )
+    root = get_user_model().objects.create_superuser("root", password="pw-root-123")
+    client.force_login(root)
+    response = client.get("/admin/usage/usageevent/?endpoint=embeddings")
+    spec = next(f for f in response.context["cl"].filter_specs if f.title == "endpoint")
+    assert list(spec.lookup_choices) == [("chat", "chat"), ("embeddings", "embeddings")]
+    assert [e.request_id for e in response.context["cl"].result_list] == ["r1"]
+
+
+def test_dashboard_tenant_choices_are_bounded_but_keep_the_chosen_tenant(client):
+    from tenants.models import Tenant
+    from usage.admin import TENANT_CHOICES_MAX
+
+    Tenant.objects.bulk_create(
+        Tenant(slug=f"t-{i:04d}", name=str(i)) for i in range(TENANT_CHOICES_MAX + 10)
+    )
+    last = Tenant.objects.order_by("-slug").first()
+    root = get_user_model().objects.create_superuser("root", password="pw-root-123")
+    client.force_login(root)
+    plain = client.get("/admin/usage/usageevent/dashboard/")
+    assert len(plain.context["tenants"]) == TENANT_CHOICES_MAX
+    chosen = client.get(f"/admin/usage/usageevent/dashboard/?tenant={last.pk}")
+    assert chosen.context["tenants"][-1].pk == last.pk
