@@ -27,7 +27,11 @@ from audit.models import AuditEntry
 REDACTED = "[redacted]"
 # Field names (and JSON keys inside JSON fields, such as provider options.headers) whose
 # values are never recorded: only the fact that they changed.
-_SECRET_NAME = re.compile(r"secret|password|passwd|token|hash|authorization|api[-_]?key", re.I)
+# Whole words between "-"/"_" separators, so "key_hash" and "x-api-key" are secret while
+# "max_output_tokens" is not.
+_SECRET_NAME = re.compile(
+    r"(^|[-_])(secret|password|passwd|token|hash|authorization|api[-_]?key)([-_]|$)", re.I
+)
 _IGNORED_FIELDS = frozenset({"updated_at"})
 _BEFORE = "_audit_before"
 

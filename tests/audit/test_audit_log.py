@@ -330,3 +330,17 @@ def test_the_audit_log_cannot_be_edited_or_deleted_in_the_admin(client, world):
     assert client.get("/admin/audit/auditentry/add/").status_code == 403
     page = client.get(f"/admin/audit/auditentry/{entry.pk}/change/")
     assert page.status_code == 200 and "before" in page.content.decode()
+
+
+def test_redaction_is_by_secret_names_not_by_substrings():
+    from audit.recorder import _SECRET_NAME
+
+    for name in ("key_hash", "secret_encrypted", "Authorization", "x-api-key", "access_token"):
+        assert _SECRET_NAME.search(name), name
+    for name in ("max_output_tokens", "tokens_in", "prefix", "hashed_by", "tpm_limit"):
+        assert not _SECRET_NAME.search(name), name
+    provider = provider_create(name="p-open", kind="mock")
+    model = Model.objects.create(name="m-open", provider=provider, upstream_model="m")
+    model.max_output_tokens = 1024
+    model.save()
+    assert entries_of(model)[-1].changes == {"max_output_tokens": [4096, 1024]}

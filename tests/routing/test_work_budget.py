@@ -56,6 +56,9 @@ class RedisRoundTrips:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
+        # MONITOR shows every database on the server; other test runs sharing it (other
+        # Redis indexes) must not count as this gateway's round trips.
+        self._db = self.client.connection_pool.connection_kwargs.get("db", 0)
         self._monitor_client = redis.Redis.from_url(url)
         self._monitor = self._monitor_client.monitor().__enter__()
         self._seen: list[dict] = []
@@ -91,6 +94,10 @@ class RedisRoundTrips:
         commands: Counter[str] = Counter()
         for command in batch:
             if command.get("client_type") == "lua" or "work-budget-" in command["command"]:
+                continue
+            # A new connection of ours still shows: its SELECT names our index.
+            selects_ours = command["command"].upper() == f'"SELECT" "{self._db}"'
+            if command.get("db") != self._db and not selects_ours:
                 continue
             commands[command["command"].split(" ", 1)[0].strip('"').upper()] += 1
         return sum(commands.values()), commands
