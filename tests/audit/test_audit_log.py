@@ -344,3 +344,29 @@ def test_redaction_is_by_secret_names_not_by_substrings():
     model.max_output_tokens = 1024
     model.save()
     assert entries_of(model)[-1].changes == {"max_output_tokens": [4096, 1024]}
+
+
+def test_the_scheduled_price_sync_is_recorded():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from usage.tasks import model_prices_sync
+
+    provider = provider_create(name="p-sync", kind="mock")
+    model = Model.objects.create(name="m-sync", provider=provider, upstream_model="m")
+    # A price that came into force since the last sync (as a scheduled change does).
+    ModelPrice.objects.create(
+        model=model,
+        effective_from=timezone.now() - timedelta(minutes=1),
+        input_price_per_mtok=Decimal("0.5"),
+        output_price_per_mtok=Decimal("0.75"),
+    )
+    assert model_prices_sync() == 1  # the Celery task, called in-process
+
+    entry = entries_of(model)[-1]
+    assert entry.actor == "task:model_prices_sync"
+    assert entry.changes == {
+        "input_price_per_mtok": ["0.000000", "0.500000"],
+        "output_price_per_mtok": ["0.000000", "0.750000"],
+    }
