@@ -141,6 +141,9 @@ GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")
 _RUNSERVER = sys.argv[1:2] == ["runserver"]
 INSTALLED_APPS = [
     *(["daphne"] if _RUNSERVER else []),
+    # Before django.contrib.admin: its admin/object_history.html adds the audit log to every
+    # object's History page.
+    "audit",
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin + 2FA + banner
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -171,12 +174,30 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "audit.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
     # Last, as django-axes asks: answers a locked-out login with 429.
     "axes.middleware.AxesMiddleware",
 ]
+# The audit log (audit app, docs/audit.md): every save and delete of these models is recorded.
+# "tenant": the attribute holding the tenant id (entries without one are platform-staff only);
+# "parent": (label, attribute) of the row it belongs to; "redact": fields never recorded (any
+# field or JSON key named like a secret, hash, token or password is redacted anyway).
+GATEWAY_AUDIT_MODELS = {
+    "providers.Provider": {"redact": ["secret_encrypted"]},
+    "providers.Model": {},
+    "providers.ModelPrice": {"parent": ("providers.model", "model_id")},
+    "routing.Route": {},
+    "routing.RouteStep": {"parent": ("routing.route", "route_id")},
+    "tenants.Tenant": {"tenant": "id"},
+    "tenants.ApiKey": {"tenant": "tenant_id", "redact": ["key_hash"]},
+    "tenants.TenantMembership": {"tenant": "tenant_id"},
+}
+GATEWAY_AUDIT_TENANT_SCOPE = "tenants.selectors.tenant_ids_visible_to"
+GATEWAY_ADMIN_PAGINATOR = "tenants.paging.EstimatedCountPaginator"
+
 # The inference API (gateway_project.fast_asgi) runs its own chain of native async middleware
 # only: the MiddlewareMixin ones above hop to a thread twice per request each. Its metrics are
 # routing.metrics' gateway_* series (recorded by the routing service, no middleware needed).

@@ -98,13 +98,10 @@ def model_price_current_sync(*, model: Model) -> bool:
         current.output_price_per_mtok,
     ):
         return False
-    Model.objects.filter(pk=model.pk).update(
-        input_price_per_mtok=current.input_price_per_mtok,
-        output_price_per_mtok=current.output_price_per_mtok,
-        updated_at=timezone.now(),
-    )
     model.input_price_per_mtok = current.input_price_per_mtok
     model.output_price_per_mtok = current.output_price_per_mtok
+    # save(), not QuerySet.update(): model signals (the audit log) see the change.
+    model.save(update_fields=["input_price_per_mtok", "output_price_per_mtok", "updated_at"])
     return True
 
 

@@ -31,6 +31,7 @@ class RouteStepInline(admin.TabularInline):
     model = RouteStep
     extra = 1
     ordering = ["position"]
+    autocomplete_fields = ["model"]
 
 
 @admin.register(Route)

@@ -196,6 +196,15 @@ def _model_values(
     return values
 
 
+def _deactivate(queryset) -> int:
+    count = 0
+    for row in queryset.filter(is_active=True):
+        row.is_active = False
+        row.save(update_fields=["is_active", "updated_at"])
+        count += 1
+    return count
+
+
 @transaction.atomic
 def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLoadResult:
     result = CatalogLoadResult()
@@ -269,8 +278,8 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
                 "is_active": bool(entry.get("active", True)),
             },
         )
-        route.steps.all().delete()
-        for position, step in enumerate(steps):
+        wanted: list[tuple[int, int]] = []
+        for step in steps:
             model_name, weight = (
                 (step, 1)
                 if isinstance(step, str)
@@ -279,26 +288,25 @@ def catalog_file_load(*, data: dict[str, Any], prune: bool = False) -> CatalogLo
             model = models.get(model_name) or Model.objects.filter(name=model_name).first()
             if model is None:
                 raise CatalogFileError(f"{where} ({name}): unknown model '{model_name}'")
-            RouteStep.objects.create(route=route, position=position, model=model, weight=weight)
+            wanted.append((model.pk, weight))
+        # Rewrite the chain only when it changed, so loading the same file twice leaves the
+        # rows (and the audit log) alone.
+        current = list(route.steps.order_by("position").values_list("model_id", "weight"))
+        if current != wanted:
+            for old_step in route.steps.all():
+                old_step.delete()
+            for position, (model_id, weight) in enumerate(wanted):
+                RouteStep.objects.create(
+                    route=route, position=position, model_id=model_id, weight=weight
+                )
         route_names.append(name)
         result.created["routes"] += created
         result.updated["routes"] += not created
 
     if prune:
-        result.pruned["routes"] = (
-            Route.objects.exclude(name__in=route_names)
-            .filter(is_active=True)
-            .update(is_active=False)
-        )
-        result.pruned["models"] = (
-            Model.objects.exclude(name__in=list(models))
-            .filter(is_active=True)
-            .update(is_active=False)
-        )
-        result.pruned["providers"] = (
-            Provider.objects.exclude(name__in=list(providers))
-            .filter(is_active=True)
-            .update(is_active=False)
-        )
+        # Row by row (save(), not QuerySet.update()) so each deactivation is audited.
+        result.pruned["routes"] = _deactivate(Route.objects.exclude(name__in=route_names))
+        result.pruned["models"] = _deactivate(Model.objects.exclude(name__in=list(models)))
+        result.pruned["providers"] = _deactivate(Provider.objects.exclude(name__in=list(providers)))
     catalog_changed()
     return result

@@ -10,6 +10,8 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 
 from tenants import services
 from tenants.models import (
@@ -20,6 +22,7 @@ from tenants.models import (
     Tenant,
     TenantMembership,
 )
+from tenants.paging import EstimatedCountPaginator
 from tenants.selectors import tenant_ids_visible_to, tenants_visible_to
 from tenants.webhooks import webhook_url_validate
 
@@ -41,6 +44,10 @@ class TenantScopedAdmin(admin.ModelAdmin):
     tenant_path = "tenant_id"
     member_can_add = False
     member_can_change = False
+    # At a million rows: no COUNT(*) of the table (an estimate, or a count capped at
+    # EstimatedCountPaginator.count_cap), and no second COUNT for "N total".
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
 
     def _visible(self, request: HttpRequest) -> list[int] | None:
         cached = getattr(request, "_tenant_ids_visible", "unset")
@@ -104,8 +111,19 @@ class VisibleTenantFilter(admin.SimpleListFilter):
     title = "tenant"
     parameter_name = "tenant"
 
+    # The sidebar lists at most this many tenants (a platform has thousands); any tenant's
+    # rows are one click away from its row in the tenant list ("keys" column) or ?tenant=<id>.
+    max_choices = 50
+
     def lookups(self, request, model_admin):
-        return [(t.pk, t.slug) for t in tenants_visible_to(user=request.user).only("id", "slug")]
+        tenants = tenants_visible_to(user=request.user).only("id", "slug").order_by("slug")
+        choices = [(str(t.pk), t.slug) for t in tenants[: self.max_choices]]
+        value = self.value()
+        if value and value.isdigit() and value not in {pk for pk, _ in choices}:
+            chosen = tenants.filter(pk=int(value)).first()
+            if chosen is not None:
+                choices.append((str(chosen.pk), chosen.slug))
+        return choices
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -181,16 +199,33 @@ class TenantAdmin(TenantScopedAdmin):
         "tpm_limit",
         "max_concurrency",
         "timezone",
+        "keys_link",
     )
     list_filter = ("is_active", "budget_period")
-    search_fields = ("slug", "name")
+    # Prefix searches, served by the tenant_slug_like / tenant_name_like indexes.
+    search_fields = ("slug__startswith", "name__startswith")
     list_per_page = 50
-    show_full_result_count = False
     fieldsets = (
         (None, {"fields": ("slug", "name", "is_active", "timezone")}),
         LIMIT_FIELDSET,
         ("Budget alerts", {"fields": ("alert_thresholds", "alert_webhook_url", "alert_email")}),
     )
+
+    @admin.display(description="links")
+    def keys_link(self, obj: Tenant) -> str:
+        keys = reverse("admin:tenants_apikey_changelist")
+        try:
+            # The usage app registers the dashboard; tenants names its URL, imports nothing.
+            dashboard = reverse("admin:usage_dashboard")
+        except NoReverseMatch:
+            return format_html('<a href="{}?tenant={}">keys</a>', keys, obj.pk)
+        return format_html(
+            '<a href="{}?tenant={}">keys</a> · <a href="{}?tenant={}">cost</a>',
+            keys,
+            obj.pk,
+            dashboard,
+            obj.pk,
+        )
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:
@@ -260,10 +295,12 @@ class ApiKeyAdmin(TenantScopedAdmin):
         "created_at",
     )
     list_filter = (VisibleTenantFilter, RevokedFilter, "budget_period")
-    search_fields = ("prefix", "name", "tenant__slug")
+    # Prefix searches on the key's own columns (apikey_prefix_like, apikey_name_like); a
+    # tenant's keys are the tenant filter (a search across the join scans every key).
+    search_fields = ("prefix__startswith", "name__startswith")
     list_select_related = ("tenant",)
     list_per_page = 50
-    show_full_result_count = False  # no COUNT(*) over a big table on every page
+    autocomplete_fields = ("tenant",)
     ordering = ("-created_at",)
     actions = ("revoke_selected", "rotate_selected", "rotate_now_selected")
     readonly_fields = (
@@ -374,9 +411,9 @@ class ApiKeyAdmin(TenantScopedAdmin):
 class TenantMembershipAdmin(TenantScopedAdmin):
     list_display = ("user", "tenant", "role", "created_at")
     list_filter = (VisibleTenantFilter,)
-    search_fields = ("user__username", "tenant__slug")
     list_select_related = ("user", "tenant")
-    autocomplete_fields = ()
+    search_fields = ("user__username__startswith", "tenant__slug__startswith")
+    autocomplete_fields = ("user", "tenant")
 
 
 class ReadOnlyScopedAdmin(TenantScopedAdmin):
@@ -391,11 +428,9 @@ class ReadOnlyScopedAdmin(TenantScopedAdmin):
 class AuditEventAdmin(ReadOnlyScopedAdmin):
     list_display = ("created_at", "tenant", "actor", "action", "target")
     list_filter = (VisibleTenantFilter, "action")
-    search_fields = ("actor", "target", "action")
+    search_fields = ("target__startswith", "actor__startswith")
     list_select_related = ("tenant",)
     list_per_page = 100
-    show_full_result_count = False
-    date_hierarchy = "created_at"
 
 
 @admin.register(BudgetAlert)

@@ -45,6 +45,16 @@ class Tenant(LimitsMixin):
 
     class Meta:
         ordering = ["slug"]
+        indexes = [
+            # The admin's prefix searches (LIKE 'x%'): a plain btree does not serve LIKE under
+            # a non-C collation; the pattern opclass does (PostgreSQL; ignored elsewhere).
+            models.Index(
+                fields=["slug"], name="tenant_slug_like", opclasses=["varchar_pattern_ops"]
+            ),
+            models.Index(
+                fields=["name"], name="tenant_name_like", opclasses=["varchar_pattern_ops"]
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.slug
@@ -88,7 +98,22 @@ class ApiKey(LimitsMixin):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="apikey_tenant_created")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="apikey_tenant_created"),
+            # Admin at scale: one index per search and filter the key changelist offers.
+            models.Index(
+                fields=["prefix"], name="apikey_prefix_like", opclasses=["varchar_pattern_ops"]
+            ),
+            models.Index(
+                fields=["name"], name="apikey_name_like", opclasses=["varchar_pattern_ops"]
+            ),
+            models.Index(fields=["budget_period", "-created_at"], name="apikey_period_created"),
+            models.Index(
+                fields=["-created_at"],
+                condition=models.Q(revoked_at__isnull=False),
+                name="apikey_revoked_created",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.tenant_id})"
@@ -129,6 +154,10 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="auditevent_tenant_created"),
+            models.Index(fields=["action", "-created_at"], name="auditevent_action_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} {self.target}"

@@ -66,6 +66,10 @@ class UsageEvent(models.Model):
             models.Index(fields=["tenant_id", "created_at"], name="usage_tenant_time"),
             models.Index(fields=["api_key_id", "created_at"], name="usage_key_time"),
             models.Index(fields=["ingested_at"], name="usage_ingested"),
+            # The admin changelist's filters, each newest first (its ordering).
+            models.Index(fields=["outcome", "-created_at"], name="usage_outcome_time"),
+            models.Index(fields=["endpoint", "-created_at"], name="usage_endpoint_time"),
+            models.Index(fields=["stream", "-created_at"], name="usage_stream_time"),
         ]
 
     def __str__(self) -> str:

@@ -521,36 +521,46 @@ def spend_series(
         "model": "model_id",
         "provider": "provider_id",
     }[dimension]
-    rows = list(
-        _rollups(
-            tenant_ids,
-            floor_day(start),
-            floor_day(end - timedelta(microseconds=1)) + DAY,
-            hourly=False,
-        )
-        .values("bucket_start", column)
-        .annotate(cost=Sum("cost_usd"))
+    rollups = _rollups(
+        tenant_ids,
+        floor_day(start),
+        floor_day(end - timedelta(microseconds=1)) + DAY,
+        hourly=False,
     )
+    # Ranked and summed in the database: with a million keys, the (day, key) rows are far too
+    # many to bring into Python. Three grouped reads: the top N (+1, to know whether there is
+    # an "other"), their days, and the days' totals.
+    ranked = list(
+        rollups.values(column).annotate(cost=Sum("cost_usd")).order_by("-cost", column)[: top + 1]
+    )
+    leaders = [r[column] for r in ranked[:top]]
     days: list[datetime] = []
     cursor = floor_day(start)
     while cursor < end and len(days) < 400:
         days.append(cursor)
         cursor += DAY
     index = {d: i for i, d in enumerate(days)}
-    totals: dict[int, Decimal] = {}
-    for r in rows:
-        totals[r[column]] = totals.get(r[column], _ZERO) + r["cost"]
-    leaders = [k for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
     labels = report_labels([{column: k} for k in leaders], dimension)
-    series: dict[str, list[Decimal]] = {}
-    for r in rows:
-        name = (
-            labels.get(r[column], f"#{r[column]}" if r[column] else "(none)")
-            if r[column] in leaders
-            else "other"
-        )
-        values = series.setdefault(name, [_ZERO] * len(days))
+    names = {k: labels.get(k, f"#{k}" if k else "(none)") for k in leaders}
+    # Leaders first, costliest first (the charts' legend order), then "other".
+    series: dict[str, list[Decimal]] = {names[k]: [_ZERO] * len(days) for k in leaders}
+    leader_total = [_ZERO] * len(days)
+    for r in (
+        rollups.filter(**{f"{column}__in": leaders})
+        .values("bucket_start", column)
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+    ):
+        values = series[names[r[column]]]
         i = index.get(floor_day(r["bucket_start"]))
         if i is not None:
             values[i] += r["cost"]
+            leader_total[i] += r["cost"]
+    if len(ranked) > top:
+        other = [_ZERO] * len(days)
+        for r in rollups.values("bucket_start").annotate(cost=Sum("cost_usd")).order_by():
+            i = index.get(floor_day(r["bucket_start"]))
+            if i is not None:
+                other[i] += r["cost"]
+        series["other"] = [total - mine for total, mine in zip(other, leader_total, strict=True)]
     return days, series

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from audit.context import audit_actor
 from providers.prices import model_prices_sync as model_prices_sync_service
 from usage.rollups import usage_retention as usage_retention_service
 from usage.rollups import usage_rollup as usage_rollup_service
@@ -29,4 +30,6 @@ def usage_retention() -> int:
 
 @shared_task(name="usage.tasks.model_prices_sync", ignore_result=True)
 def model_prices_sync() -> int:
-    return model_prices_sync_service()
+    # The audit log attributes the price changes that came into force to this task.
+    with audit_actor("task:model_prices_sync"):
+        return model_prices_sync_service()

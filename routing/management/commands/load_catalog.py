@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.context import audit_actor
 from routing.catalog_file import CatalogFileError, catalog_file_load, catalog_file_parse
 
 
@@ -17,6 +18,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        # Every audited change this command makes is attributed to it.
+        with audit_actor(f"catalog:{options['file']}"):
+            self._handle(**options)
+
+    def _handle(self, **options):
         try:
             result = catalog_file_load(
                 data=catalog_file_parse(options["file"]), prune=options["prune"]

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from audit.context import audit_actor
 from routing.demo import demo_seed
 
 
@@ -19,6 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="Port for the curl line")
 
     def handle(self, *args, **options):
+        # Every audited change this command makes is attributed to it.
+        with audit_actor("command:seed_demo"):
+            self._handle(**options)
+
+    def _handle(self, **options):
         result = demo_seed(raw_key=options["key"], rotate=options["quickstart"])
         self.stdout.write(f"tenant: {result.tenant_slug}  route: {result.route_name}")
         if not result.raw_key:

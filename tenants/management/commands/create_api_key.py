@@ -5,6 +5,7 @@ from datetime import datetime
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.context import audit_actor
 from tenants.management.commands._limits import add_limit_arguments, limits_from
 from tenants.models import Tenant
 from tenants.services import api_key_create
@@ -21,6 +22,11 @@ class Command(BaseCommand):
         add_limit_arguments(parser)
 
     def handle(self, *args, **options) -> None:
+        # Every audited change this command makes is attributed to it.
+        with audit_actor("command:create_api_key"):
+            self._handle(**options)
+
+    def _handle(self, **options) -> None:
         tenant = Tenant.objects.filter(slug=options["tenant"]).first()
         if tenant is None:
             raise CommandError(f"No tenant with slug {options['tenant']!r}")

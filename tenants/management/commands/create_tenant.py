@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.context import audit_actor
 from tenants.management.commands._limits import add_limit_arguments, limits_from
 from tenants.services import tenant_create
 
@@ -17,6 +18,11 @@ class Command(BaseCommand):
         add_limit_arguments(parser)
 
     def handle(self, *args, **options) -> None:
+        # Every audited change this command makes is attributed to it.
+        with audit_actor("command:create_tenant"):
+            self._handle(**options)
+
+    def _handle(self, **options) -> None:
         try:
             tenant = tenant_create(
                 slug=options["slug"],

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.context import audit_actor
 from tenants.models import ApiKey
 from tenants.selectors import api_key_find
 from tenants.services import api_key_revoke
@@ -14,6 +15,11 @@ class Command(BaseCommand):
         parser.add_argument("key_or_prefix")
 
     def handle(self, *args, **options) -> None:
+        # Every audited change this command makes is attributed to it.
+        with audit_actor("command:revoke_api_key"):
+            self._handle(**options)
+
+    def _handle(self, **options) -> None:
         try:
             key = api_key_find(key_or_prefix=options["key_or_prefix"].strip())
         except ApiKey.DoesNotExist as exc:

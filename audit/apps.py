@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class AuditConfig(AppConfig):
+    name = "audit"
+    verbose_name = "Audit log"
+
+    def ready(self) -> None:
+        from audit.recorder import audit_receivers_connect
+
+        audit_receivers_connect()
