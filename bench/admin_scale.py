@@ -149,7 +149,7 @@ def _key_lines(keys: int, tenant_ids: list[int], now: datetime) -> Iterator[str]
         key_hash = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
         yield (
             f"{tenant_ids[i % m]}\tkey {i}\t{key_prefix(i)}\t{key_hash}\t[]\t\\N\t{revoked}"
-            f"\t{created}\t{created}\t{budget}\t{period}\t\\N\t\\N\t\\N\n"
+            f"\t{created}\t{created}\t{budget}\t{period}\t\\N\t\\N\t\\N\tkey_{i:020x}\n"
         )
 
 
@@ -249,7 +249,7 @@ def generate(
     key_columns = (
         "tenant_id, name, prefix, key_hash, allowed_models, expires_at, revoked_at, "
         "created_at, updated_at, budget_usd, budget_period, rpm_limit, tpm_limit, "
-        "max_concurrency"
+        "max_concurrency, public_id"
     ).split(", ")
     counts["keys"] = copy_rows(
         "tenants_apikey", key_columns, _key_lines(keys, tenant_ids, now), rebuild=True

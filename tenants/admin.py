@@ -301,6 +301,12 @@ class ApiKeyAdmin(TenantScopedAdmin):
     list_select_related = ("tenant",)
     list_per_page = 50
     autocomplete_fields = ("tenant",)
+
+    def get_autocomplete_fields(self, request: HttpRequest):
+        # Platform staff pick among every tenant (10,000 do not fit in a <select>); a tenant
+        # member picks among their own few, preselected when there is one.
+        return self.autocomplete_fields if request.user.is_superuser else ()
+
     ordering = ("-created_at",)
     actions = ("revoke_selected", "rotate_selected", "rotate_now_selected")
     readonly_fields = (

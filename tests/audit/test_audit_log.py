@@ -10,7 +10,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit.context import audit_actor
@@ -21,6 +20,7 @@ from routing.models import Route, RouteStep
 from tenants import services
 from tenants.keys import api_key_hash
 from tenants.models import ApiKey, Tenant, TenantMembership
+from tenants.services import operator_token_create
 from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
@@ -191,7 +191,8 @@ def test_admin_route_edit_and_its_steps_are_recorded_under_the_route(client, wor
 # -- DRF -----------------------------------------------------------------------------------
 def test_management_api_changes_are_recorded_for_the_token_user(world):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=world['alice']).key}")
+    _, raw_token = operator_token_create(user=world["alice"], scope="write")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw_token}")
     issued = client.post("/api/manage/keys/", {"tenant": "ours", "name": "ci"}, format="json")
     assert issued.status_code == 201
     key = ApiKey.objects.get(pk=issued.json()["key"]["id"])
