@@ -137,6 +137,10 @@ GATEWAY_STATE_BACKEND = env_str("GATEWAY_STATE_BACKEND", "redis" if REDIS_URL el
 # Concurrency slots and budget reservations of a process that died expire after this; keep it
 # above the longest request (GATEWAY_UPSTREAM_TOTAL_TIMEOUT) so a live request never loses its slot.
 GATEWAY_ADMISSION_TTL_SECONDS = env_float("GATEWAY_ADMISSION_TTL_SECONDS", 900.0)
+# An inference call's hold (slot + reservation) lasts as long as its route can run (every
+# target's total timeout x attempts, plus retry pauses) plus this margin for settling; the
+# call's own deadline is the hold minus the margin (routing.inference.hold_seconds).
+GATEWAY_HOLD_MARGIN_SECONDS = env_float("GATEWAY_HOLD_MARGIN_SECONDS", 30.0)
 GATEWAY_STATE_REDIS_POOL_SIZE = env_int("GATEWAY_STATE_REDIS_POOL_SIZE", 64)
 # Budget alerts (webhook POST, email) run in Celery, off the request path.
 GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)

@@ -392,9 +392,11 @@ async def request_admit(
     input_price_per_mtok: Decimal,
     output_price_per_mtok: Decimal,
     now: datetime | None = None,
+    hold_s: float | None = None,
 ) -> Admission:
     """Admit one request or raise AdmissionDenied. `now` (aware) picks the budget period; it
-    defaults to the current time."""
+    defaults to the current time. `hold_s`: how long the slot and reservation are held when
+    nobody settles them (default GATEWAY_ADMISSION_TTL_SECONDS)."""
     store = state_store()
     reserved = worst_case_cost_usd(
         prompt_tokens=estimated_prompt_tokens,
@@ -404,7 +406,7 @@ async def request_admit(
     )
     reserve_nano = usd_to_nano_ceil(reserved)
     tokens = max(0, estimated_prompt_tokens) + max(0, max_output_tokens)
-    hold_ms = int(settings.GATEWAY_ADMISSION_TTL_SECONDS * 1000)
+    hold_ms = int((hold_s or settings.GATEWAY_ADMISSION_TTL_SECONDS) * 1000)
     moved = False  # the config version moved while admitting: re-check this key's policy
     rechecked = False
     for _attempt in range(_ADMIT_ATTEMPTS):
