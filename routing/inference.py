@@ -25,7 +25,12 @@ from django.conf import settings
 
 from providers.adapters.base import adapter_for
 from providers.pricing import cost_usd
-from providers.tokens import count_message_tokens, count_text_tokens, estimate_prompt_tokens_fast
+from providers.tokens import (
+    count_message_tokens,
+    count_text_tokens,
+    embedding_tokens_upper_bound,
+    prompt_tokens_upper_bound,
+)
 from providers.types import (
     ChatRequest,
     ChatResponse,
@@ -45,6 +50,7 @@ from routing.breakers import (
     circuit_open_error,
 )
 from routing.errors import gateway_error_from_admission
+from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
 from routing.metrics import request_observe
 from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
@@ -150,11 +156,13 @@ class InferenceCall:
         # timed out or was cancelled after the request went out).
         self._inflight: Target | None = None
         self._dispatched_unanswered: Target | None = None
+        # The Idempotency-Key record this call holds (released unless it ends ok).
+        self.idempotency: IdempotencyClaim | None = None
 
     @classmethod
     def for_ingress(cls, ingress: Ingress, *, stream: bool = False) -> InferenceCall:
         assert ingress.policy is not None and ingress.route is not None
-        return cls(
+        call = cls(
             request_id=ingress.request_id,
             client_request_id=ingress.client_request_id,
             policy=ingress.policy,
@@ -163,6 +171,8 @@ class InferenceCall:
             stream=stream,
             started=ingress.started,
         )
+        call.idempotency = ingress.idempotency
+        return call
 
     # -- admission ---------------------------------------------------------------------
     async def admit(
@@ -171,15 +181,36 @@ class InferenceCall:
         messages: list[dict[str, Any]],
         max_tokens: int | None,
         tools: list[dict[str, Any]] | None = None,
+        extra: Any = None,
+        prompt_tokens: int | None = None,
     ) -> None:
+        """Admit the call with a reservation that is an upper bound of what it can cost: the
+        prompt bounded by the bytes of everything that reaches the upstream (any script,
+        tools, tool calls, images by their worst case, files, token arrays), capped by the
+        largest context window of the route; the output by max_tokens (or the largest
+        max_output_tokens); both at the route's highest prices."""
         self._messages = messages
         self._tools = tools
         targets = self.route.targets
-        max_out = max_tokens or max(t.model.max_output_tokens for t in targets)
+        if prompt_tokens is None:
+            prompt_tokens = prompt_tokens_upper_bound(
+                messages,
+                tools=tools,
+                extra=extra,
+                image_tokens=settings.GATEWAY_IMAGE_TOKENS_MAX,
+            )
+        window = max(t.model.context_window for t in targets)
+        if window > 0:
+            prompt_tokens = min(prompt_tokens, window)
+        max_out = (
+            max(0, max_tokens)
+            if max_tokens is not None
+            else max(t.model.max_output_tokens for t in targets)
+        )
         self.admission = await request_admit(
             policy=self.policy,
             request_id=self.request_id,
-            estimated_prompt_tokens=estimate_prompt_tokens_fast(messages),
+            estimated_prompt_tokens=prompt_tokens,
             max_output_tokens=max_out,
             input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
             output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
@@ -528,6 +559,11 @@ class InferenceCall:
             )
         if not stored:
             await usage_event_record(payload=payload)
+        if self.idempotency is not None:
+            if outcome != "ok":
+                await idempotency_release(self.idempotency)
+            elif self.stream_mode:
+                await idempotency_complete(self.idempotency)
         request_observe(
             endpoint=self.endpoint,
             route=self.route.name,
@@ -569,8 +605,11 @@ async def inference_call_open(
     the ingress's resolved route, admitted against the key's and tenant's limits. A refusal
     raises GatewayError (429/402 with its headers), ready for `ingress_reject`."""
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
+    extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
     try:
-        await call.admit(messages=chat.messages, max_tokens=chat.max_tokens, tools=chat.tools)
+        await call.admit(
+            messages=chat.messages, max_tokens=chat.max_tokens, tools=chat.tools, extra=extra
+        )
     except AdmissionDenied as denied:
         raise gateway_error_from_admission(denied) from None
     return call
@@ -580,9 +619,10 @@ async def embedding_call_open(*, ingress: Ingress, inputs: list) -> InferenceCal
     """The opening of an embeddings call: admitted on the size of its input (no output)."""
     call = InferenceCall.for_ingress(ingress)
     call._embedding_inputs = inputs
-    text_messages = [{"role": "user", "content": i} for i in inputs if isinstance(i, str)]
     try:
-        await call.admit(messages=text_messages or [{"role": "user", "content": ""}], max_tokens=1)
+        await call.admit(
+            messages=[], max_tokens=0, prompt_tokens=embedding_tokens_upper_bound(inputs)
+        )
     except AdmissionDenied as denied:
         raise gateway_error_from_admission(denied) from None
     return call
@@ -653,6 +693,7 @@ async def rejected_request_record(
     error_type: str,
     started: float,
     client_request_id: str = "",
+    outcome: str = "rejected",
 ) -> None:
     """A request refused before any upstream call (bad body, unknown model, limit refusal):
     counted in the request metric; with a known key it leaves exactly one usage event. A
@@ -662,7 +703,7 @@ async def rejected_request_record(
         endpoint=endpoint,
         route=route_name[:128] if policy is not None else "",
         model="",
-        outcome="rejected",
+        outcome=outcome,
         status=status_code,
         tokens_in=0,
         tokens_out=0,
@@ -687,7 +728,7 @@ async def rejected_request_record(
         call=None,
         usage=Usage(),
         status_code=status_code,
-        outcome="rejected",
+        outcome=outcome,
         error_type=error_type,
         request_id=request_id,
         client_request_id=client_request_id,

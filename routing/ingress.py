@@ -39,7 +39,14 @@ from routing.errors import (
     error_response,
     gateway_error_from_provider,
 )
-from routing.inference import InferenceCall, rejected_request_record
+from routing.idempotency import (
+    IdempotencyClaim,
+    IdempotentReplay,
+    idempotency_claim,
+    idempotency_complete,
+    idempotency_release,
+)
+from routing.inference import InferenceCall, hold_seconds, rejected_request_record
 from routing.snapshot import ResolvedRoute, snapshot_get
 from routing.streaming import (
     StreamEncoder,
@@ -68,6 +75,7 @@ class Ingress:
     policy: KeyPolicy | None = None
     route: ResolvedRoute | None = None
     route_name: str = ""  # what the client asked for, even when it resolves to nothing
+    idempotency: IdempotencyClaim | None = None  # the Idempotency-Key record this request holds
 
     @property
     def headers(self) -> dict[str, str]:
@@ -223,7 +231,18 @@ async def ingress_open(
         payload = payload_validate(parse, data)
     else:
         payload = parse(data)
-    await ingress_resolve(ingress, payload.model)
+    route = await ingress_resolve(ingress, payload.model)
+    raw_idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    if raw_idempotency_key is not None:
+        assert ingress.policy is not None
+        ingress.idempotency = await idempotency_claim(
+            raw=raw_idempotency_key,
+            key_id=ingress.policy.key_id,
+            endpoint=ingress.endpoint,
+            body=request.body,
+            request_id=ingress.request_id,
+            pending_s=hold_seconds(route),
+        )
     return payload
 
 
@@ -240,8 +259,40 @@ def ingress_error_response(
 async def ingress_reject(ingress: Ingress, error: GatewayError) -> HttpResponse:
     """Answer a refusal that happened before any upstream call; with a known key it leaves
     the request's one usage event, without one only metrics and a log line."""
+    if isinstance(error, IdempotentReplay):
+        return await _replay(ingress, error)
+    if ingress.idempotency is not None:
+        await idempotency_release(ingress.idempotency)
     await ingress_refusal_record(ingress, error)
     return ingress_error_response(ingress, error)
+
+
+async def _replay(ingress: Ingress, replay: IdempotentReplay) -> HttpResponse:
+    """The first answer of this Idempotency-Key again: one usage event (outcome `replayed`,
+    cost 0), no upstream call, no charge."""
+    await rejected_request_record(
+        request_id=ingress.request_id,
+        client_request_id=ingress.client_request_id,
+        policy=ingress.policy,
+        route_name=ingress.route_name,
+        endpoint=ingress.endpoint,
+        status_code=replay.status,
+        error_type="",
+        started=ingress.started,
+        outcome="replayed",
+    )
+    response = HttpResponse(
+        replay.body_bytes, status=replay.status, content_type=replay.content_type
+    )
+    return _with_headers(
+        response,
+        {
+            **replay.replay_headers,
+            **ingress.headers,
+            "idempotent-replayed": "true",
+            "x-gateway-replay-of": replay.first_request_id,
+        },
+    )
 
 
 async def ingress_refusal_record(ingress: Ingress, error: GatewayError) -> None:
@@ -265,11 +316,13 @@ def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpRespon
     return response
 
 
-def json_response(ingress: Ingress, call: InferenceCall, body: dict) -> HttpResponse:
-    return _with_headers(
-        HttpResponse(orjson.dumps(body), content_type="application/json"),
-        {**call.gateway_headers(), **ingress.headers},
-    )
+async def json_answer(ingress: Ingress, call: InferenceCall, body: dict) -> HttpResponse:
+    """The JSON answer of a settled call (kept for Idempotency-Key replays when asked)."""
+    content = orjson.dumps(body)
+    headers = {**call.gateway_headers(), **ingress.headers}
+    if ingress.idempotency is not None:
+        await idempotency_complete(ingress.idempotency, body=content, headers=headers)
+    return _with_headers(HttpResponse(content, content_type="application/json"), headers)
 
 
 async def call_respond(
@@ -299,4 +352,4 @@ async def call_respond(
         return ingress_error_response(
             ingress, gateway_error_from_provider(exc), call.gateway_headers()
         )
-    return json_response(ingress, call, body(result))
+    return await json_answer(ingress, call, body(result))

@@ -82,7 +82,7 @@ class UsageEventAdmin(TenantScopedReadOnlyAdmin):
         "status_code",
     )
     list_filter = ("outcome", "endpoint", "stream")
-    search_fields = ("request_id",)
+    search_fields = ("=request_id", "=client_request_id")
     date_hierarchy = "created_at"
     show_full_result_count = False
     change_list_template = "admin/usage/usageevent/change_list.html"

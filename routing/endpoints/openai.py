@@ -22,7 +22,7 @@ from routing.ingress import (
     ingress_open,
     ingress_reject,
     ingress_start,
-    json_response,
+    json_answer,
     payload_validate,
     request_raw_key,
 )
@@ -172,4 +172,4 @@ async def embeddings(request: HttpRequest):
             "total_tokens": result.usage.prompt_tokens,
         },
     }
-    return json_response(ingress, call, body)
+    return await json_answer(ingress, call, body)

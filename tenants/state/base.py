@@ -174,5 +174,23 @@ class StateStore(abc.ABC):
     def config_version_bump(self) -> str:
         """Move the shared config version (sync: called from transaction.on_commit)."""
 
+    # -- idempotency records (Idempotency-Key; see routing/idempotency.py) ----------------
+    @abc.abstractmethod
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        """The record's name for an API key and a (hashed) client idempotency key."""
+
+    @abc.abstractmethod
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        """Create the record unless it exists (SET NX PX). None when this call created it,
+        else the existing record's value."""
+
+    @abc.abstractmethod
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        """Replace the record's value and expiry."""
+
+    @abc.abstractmethod
+    async def idempotency_release(self, *, name: str) -> None:
+        """Forget the record (the request failed: a retry runs again)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (tests, shutdown)."""

@@ -329,6 +329,30 @@ class MemoryStateStore(StateStore):
             self._version = str(int(self._version) + 1)
             return self._version
 
+    # -- idempotency records ---------------------------------------------------------------
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        return f"gw:idem:{key_id}:{token}"
+
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        with self._lock:
+            now = _now_ms()
+            if self._data._live(name, now):
+                return self._data.values[name]  # type: ignore[return-value]
+            self._data.values[name] = value
+            self._data.expire(name, ttl_ms, now)
+            return None
+
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        with self._lock:
+            now = _now_ms()
+            self._data.values[name] = value
+            self._data.expire(name, ttl_ms, now)
+
+    async def idempotency_release(self, *, name: str) -> None:
+        with self._lock:
+            self._data.values.pop(name, None)
+            self._data.expiry.pop(name, None)
+
     def flush(self) -> None:
         """Forget all counters (what FLUSHDB does to Redis): tests of the rebuild path."""
         with self._lock:

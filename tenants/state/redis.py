@@ -288,6 +288,27 @@ class RedisStateStore(StateStore):
         value = await self.client().get(self.version_key)
         return "" if value is None else value.decode()
 
+    # -- idempotency records ---------------------------------------------------------------
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        return f"{self.prefix}idem:{key_id}:{token}"
+
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        client = self.client()
+        for _ in range(3):
+            if await client.set(name, value, nx=True, px=max(1, int(ttl_ms))):
+                return None
+            existing = await client.get(name)
+            if existing is not None:
+                return existing
+            # It expired between the two calls: try to take it again.
+        return None if await client.set(name, value, px=max(1, int(ttl_ms))) else b""
+
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        await self.client().set(name, value, px=max(1, int(ttl_ms)))
+
+    async def idempotency_release(self, *, name: str) -> None:
+        await self.client().delete(name)
+
     def config_version_bump(self) -> str:
         client = self.sync_client()
         try:

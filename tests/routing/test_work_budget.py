@@ -56,6 +56,8 @@ class RedisRoundTrips:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
+        # MONITOR shows every database of the server; others may share it (CI, colleagues).
+        self._db = int(self.client.connection_pool.connection_kwargs.get("db") or 0)
         self._monitor_client = redis.Redis.from_url(url)
         self._monitor = self._monitor_client.monitor().__enter__()
         self._seen: list[dict] = []
@@ -91,6 +93,8 @@ class RedisRoundTrips:
         commands: Counter[str] = Counter()
         for command in batch:
             if command.get("client_type") == "lua" or "work-budget-" in command["command"]:
+                continue
+            if int(command.get("db", self._db)) != self._db:
                 continue
             commands[command["command"].split(" ", 1)[0].strip('"').upper()] += 1
         return sum(commands.values()), commands

@@ -312,3 +312,23 @@ async def test_budget_never_overshoots_under_concurrent_admissions(store):
     assert len(admitted) == 20
     await asyncio.gather(*(store.settle(settle_req(r, cost=100)) for r in admitted))
     assert await store.spend_get(keys=scopes[0].keys) == 2000
+
+
+async def test_idempotency_record_is_claimed_once_then_kept_and_released(store):
+    name = store.idempotency_name(key_id=next(_ids), token="t" * 64)
+    assert await store.idempotency_claim(name=name, value=b"pending", ttl_ms=60_000) is None
+    assert await store.idempotency_claim(name=name, value=b"other", ttl_ms=60_000) == b"pending"
+    await store.idempotency_store(name=name, value=b"done", ttl_ms=60_000)
+    assert await store.idempotency_claim(name=name, value=b"other", ttl_ms=60_000) == b"done"
+    await store.idempotency_release(name=name)
+    assert await store.idempotency_claim(name=name, value=b"again", ttl_ms=60_000) is None
+
+
+async def test_idempotency_records_of_two_keys_are_apart_and_expire(store):
+    first = store.idempotency_name(key_id=next(_ids), token="same")
+    second = store.idempotency_name(key_id=next(_ids), token="same")
+    assert first != second
+    assert await store.idempotency_claim(name=first, value=b"a", ttl_ms=50) is None
+    assert await store.idempotency_claim(name=second, value=b"b", ttl_ms=60_000) is None
+    await asyncio.sleep(0.1)
+    assert await store.idempotency_claim(name=first, value=b"c", ttl_ms=60_000) is None
