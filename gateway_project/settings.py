@@ -182,6 +182,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0),
         "options": {"expires": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)},
     },
+    "usage-orphaned-holds-settle": {
+        "task": "usage.tasks.usage_orphaned_holds_settle",
+        "schedule": env_float("GATEWAY_HOLDS_SWEEP_INTERVAL_SECONDS", 10.0),
+        "options": {"expires": env_float("GATEWAY_HOLDS_SWEEP_INTERVAL_SECONDS", 10.0)},
+    },
     "usage-rollup": {
         "task": "usage.tasks.usage_rollup",
         "schedule": env_float("GATEWAY_USAGE_ROLLUP_INTERVAL_SECONDS", 60.0),

@@ -207,14 +207,36 @@ class InferenceCall:
             if max_tokens is not None
             else max(t.model.max_output_tokens for t in targets)
         )
+        price_in = max(t.model.price_at(self.created_at)[0] for t in targets)
+        price_out = max(t.model.price_at(self.created_at)[1] for t in targets)
+        # The dearest target stands for the call in an `orphaned` event (usage.holds).
+        dearest = max(targets, key=lambda t: t.model.price_at(self.created_at))
         self.admission = await request_admit(
             policy=self.policy,
             request_id=self.request_id,
             estimated_prompt_tokens=prompt_tokens,
             max_output_tokens=max_out,
-            input_price_per_mtok=max(t.model.price_at(self.created_at)[0] for t in targets),
-            output_price_per_mtok=max(t.model.price_at(self.created_at)[1] for t in targets),
+            input_price_per_mtok=price_in,
+            output_price_per_mtok=price_out,
             hold_s=self.hold_s,
+            hold_event={
+                "request_id": self.request_id,
+                "client_request_id": self.client_request_id,
+                "created_at": self.created_at.isoformat(),
+                "tenant_id": self.policy.tenant_id,
+                "api_key_id": self.policy.key_id,
+                "route": self.route.name,
+                "model": dearest.model.name,
+                "model_id": dearest.model.id,
+                "provider_id": dearest.provider.id,
+                "upstream_model": dearest.model.upstream_model,
+                "endpoint": self.endpoint,
+                "stream": self.stream_mode,
+                "tokens_in": prompt_tokens,
+                "tokens_out": max_out,
+                "input_price_per_mtok": str(price_in),
+                "output_price_per_mtok": str(price_out),
+            },
         )
 
     @property

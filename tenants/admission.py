@@ -87,6 +87,73 @@ class Admission:
     scopes: tuple[ScopeLimits, ...] = ()
     periods: tuple[PeriodBounds, ...] = ()
     settled: bool = False
+    # The admission left a durable hold record (ended by settlement or by the sweeper).
+    held: bool = False
+
+
+def hold_payload(
+    *,
+    ticket: str,
+    policy: KeyPolicy,
+    scopes: tuple[ScopeLimits, ...],
+    periods: tuple[PeriodBounds, ...],
+    reserve_nano: int,
+    tokens: int,
+    event: dict[str, Any],
+) -> bytes:
+    """What the sweeper needs to end a hold nobody settled: the scopes to release (names are
+    rebuilt from these ids and period keys), the reservation to charge, and the usage event's
+    fields known at admission."""
+
+    def limit(value: int | None) -> int:
+        return -1 if value is None else int(value)
+
+    return orjson.dumps(
+        {
+            "v": 1,
+            "ticket": ticket,
+            "tenant_id": policy.tenant_id,
+            "reserve_nano": reserve_nano,
+            "tokens": tokens,
+            "scopes": [
+                [
+                    scope.scope,
+                    scope.scope_id,
+                    bounds.key,
+                    limit(scope.rpm),
+                    limit(scope.tpm),
+                    limit(scope.max_concurrency),
+                    limit(scope.budget_nano),
+                ]
+                for scope, bounds in zip(scopes, periods, strict=True)
+            ],
+            "event": event,
+        },
+        default=_json_default,
+    )
+
+
+def hold_scopes(store: StateStore, payload: dict[str, Any]) -> tuple[ScopeLimits, ...]:
+    """The ScopeLimits of a hold payload (see hold_payload)."""
+
+    def limit(value: int) -> int | None:
+        return None if value < 0 else value
+
+    tenant_id = int(payload["tenant_id"])
+    return tuple(
+        ScopeLimits(
+            scope=scope,
+            scope_id=int(scope_id),
+            keys=store.scope_keys(
+                scope=scope, tenant_id=tenant_id, scope_id=int(scope_id), period_key=period
+            ),
+            rpm=limit(rpm),
+            tpm=limit(tpm),
+            max_concurrency=limit(conc),
+            budget_nano=limit(budget),
+        )
+        for scope, scope_id, period, rpm, tpm, conc, budget in payload["scopes"]
+    )
 
 
 # -- spend loader (wired to usage.selectors.spend_sum by routing/wiring.py) --------------------
@@ -393,10 +460,13 @@ async def request_admit(
     output_price_per_mtok: Decimal,
     now: datetime | None = None,
     hold_s: float | None = None,
+    hold_event: dict[str, Any] | None = None,
 ) -> Admission:
     """Admit one request or raise AdmissionDenied. `now` (aware) picks the budget period; it
     defaults to the current time. `hold_s`: how long the slot and reservation are held when
-    nobody settles them (default GATEWAY_ADMISSION_TTL_SECONDS)."""
+    nobody settles them (default GATEWAY_ADMISSION_TTL_SECONDS). `hold_event`: the usage
+    event's fields known now; given, the admission leaves a durable hold record that the
+    sweeper (usage.holds) ends with an `orphaned` event if nobody settles it in time."""
     store = state_store()
     reserved = worst_case_cost_usd(
         prompt_tokens=estimated_prompt_tokens,
@@ -414,6 +484,17 @@ async def request_admit(
         scopes, periods = _scopes_for(store, policy, when)
         # Tickets are unique per admission: request ids may come from clients.
         ticket = f"{request_id}:{random.getrandbits(48):012x}"
+        hold = None
+        if hold_event is not None:
+            hold = hold_payload(
+                ticket=ticket,
+                policy=policy,
+                scopes=scopes,
+                periods=periods,
+                reserve_nano=reserve_nano,
+                tokens=tokens,
+                event=hold_event,
+            )
         try:
             result = await store.admit(
                 AdmitRequest(
@@ -422,6 +503,7 @@ async def request_admit(
                     reserve_nano=reserve_nano,
                     hold_ms=hold_ms,
                     scopes=scopes,
+                    hold=hold,
                 )
             )
         except (RedisError, OSError) as exc:
@@ -444,6 +526,7 @@ async def request_admit(
             reserved_nano=reserve_nano,
             scopes=scopes,
             periods=periods,
+            held=hold is not None,
         )
         if moved and not rechecked:
             rechecked, moved = True, False
@@ -482,6 +565,7 @@ async def admission_release(*, admission: Admission) -> None:
                 hold_ms=0,
                 scopes=admission.scopes,
                 release=True,
+                hold_mode="owner" if admission.held else "",
             )
         )
     except (RedisError, OSError):
@@ -503,8 +587,9 @@ async def request_settle(
     usage_event: dict[str, Any],
 ) -> bool:
     """Replace the reservation by the real cost and release the slot. Returns True when the
-    state store took the usage event in the same atomic call (Redis stream mode); then the
-    caller must not write it itself."""
+    state store took the usage event in the same atomic call (Redis stream mode), or when the
+    hold was already ended by the sweeper (its `orphaned` event stands for this request);
+    then the caller must not write it itself."""
     if admission.settled:
         return False
     store = state_store()
@@ -524,14 +609,24 @@ async def request_settle(
                     event=event,
                     # Last resort: charge the counters that exist rather than never settle.
                     allow_missing=attempt == _SETTLE_ATTEMPTS - 1,
+                    hold_mode="owner" if admission.held else "",
                 )
             )
+            if result.outcome == "gone":
+                # The call outlived its hold and the sweeper already ended it with an
+                # `orphaned` event charging the reservation: nothing more to charge or write.
+                logger.warning(
+                    "tenants.settle_after_orphaned", extra={"request_id": admission.request_id}
+                )
+                admission.settled = True
+                return True
             if result.outcome != "seed":
                 break
             await _seed(store, admission.scopes, admission.periods, result.missing)
     except (RedisError, OSError) as exc:
         # The money is not lost: the usage event goes to PostgreSQL (the caller writes it when
-        # we return False) and counters are rebuilt from there; slot and reservation expire.
+        # we return False); the hold stays open, and when it expires the sweeper finds that
+        # event and charges the counters with it (usage.holds), releasing slot and reservation.
         logger.error(
             "tenants.settle_store_failed",
             extra={"request_id": admission.request_id, "error_class": type(exc).__name__},

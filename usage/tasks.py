@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync
 from celery import shared_task
 
 from providers.prices import model_prices_sync as model_prices_sync_service
@@ -30,3 +31,11 @@ def usage_retention() -> int:
 @shared_task(name="usage.tasks.model_prices_sync", ignore_result=True)
 def model_prices_sync() -> int:
     return model_prices_sync_service()
+
+
+@shared_task(name="usage.tasks.usage_orphaned_holds_settle", ignore_result=True)
+def usage_orphaned_holds_settle() -> dict[str, int]:
+    """End holds whose calls can no longer settle them (killed process, lost settlement)."""
+    from usage.holds import holds_expired_settle
+
+    return async_to_sync(holds_expired_settle)().as_dict()

@@ -88,6 +88,9 @@ class AdmitRequest:
     hold_ms: int
     scopes: tuple[ScopeLimits, ...]
     window_ms: int = RATE_WINDOW_MS
+    # Durable hold: what the sweeper needs to end this admission if nobody settles it
+    # (kept with its deadline, now + hold_ms, in the same atomic step). None: no record.
+    hold: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,10 @@ class SettleRequest:
     # Charge only counters that exist instead of asking for a seed (last resort, see settle).
     allow_missing: bool = False
     window_ms: int = RATE_WINDOW_MS
+    # "" (the admission kept no hold record), "owner" (the request itself settles) or
+    # "sweeper" (the hold expired: usage.holds settles it). A hold ends once: the second of
+    # the two changes nothing and gets outcome "gone".
+    hold_mode: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +141,7 @@ class SpendChange:
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
-    outcome: str  # "ok" | "seed"
+    outcome: str  # "ok" | "seed" | "gone" (the hold was already ended by the other party)
     stored_event: bool = False
     missing: tuple[int, ...] = ()
     # Per scope: the spend counter before and after the charge (None when not charged).
@@ -173,6 +180,19 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def config_version_bump(self) -> str:
         """Move the shared config version (sync: called from transaction.on_commit)."""
+
+    # -- durable holds (see usage/holds.py) ----------------------------------------------
+    @abc.abstractmethod
+    async def holds_expired(self, *, limit: int) -> list[tuple[str, bytes]]:
+        """Up to `limit` open holds whose deadline passed, oldest first: (ticket, payload)."""
+
+    @abc.abstractmethod
+    async def holds_open_count(self) -> int:
+        """How many holds are open (admitted, not settled)."""
+
+    @abc.abstractmethod
+    async def holds_done_prune(self, *, older_than_ms: int) -> int:
+        """Forget the sweeper's marks of holds ended more than `older_than_ms` ago."""
 
     # -- idempotency records (Idempotency-Key; see routing/idempotency.py) ----------------
     @abc.abstractmethod
