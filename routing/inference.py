@@ -52,6 +52,7 @@ from routing.breakers import (
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
 from routing.metrics import request_observe
+from routing.params import price_changing_params_refuse
 from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
 from tenants.admission import Admission, AdmissionDenied, request_admit, request_settle
@@ -626,6 +627,7 @@ async def inference_call_open(
     """The opening every ingress shares (chat, messages, generate, websocket...): a call for
     the ingress's resolved route, admitted against the key's and tenant's limits. A refusal
     raises GatewayError (429/402 with its headers), ready for `ingress_reject`."""
+    price_changing_params_refuse(chat)
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
     extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
     try:
