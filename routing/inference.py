@@ -574,12 +574,17 @@ class InferenceCall:
         )
         stored = False
         if self.admission is not None:
-            stored = await request_settle(
-                admission=self.admission,
-                cost_usd=self.cost,
-                tokens_used=usage.total_tokens,
-                usage_event=payload,
-            )
+            try:
+                stored = await request_settle(
+                    admission=self.admission,
+                    cost_usd=self.cost,
+                    tokens_used=usage.total_tokens,
+                    usage_event=payload,
+                )
+            except Exception:
+                # Whatever failed, the event still goes to PostgreSQL; the hold stays open
+                # and the sweeper charges the counters with this event when it expires.
+                logger.exception("request.settle_failed", extra={"request_id": self.request_id})
         if not stored:
             await usage_event_record(payload=payload)
         if self.idempotency is not None:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
 from tenants import selectors
@@ -622,7 +622,32 @@ async def request_settle(
                 return True
             if result.outcome != "seed":
                 break
-            await _seed(store, admission.scopes, admission.periods, result.missing)
+            try:
+                await _seed(store, admission.scopes, admission.periods, result.missing)
+            except DatabaseError as exc:
+                # The database cannot rebuild the counter now: charge the counters that
+                # exist (the next try allows missing ones); the missing one is rebuilt from
+                # PostgreSQL, this request's event included, when it is next needed.
+                logger.error(
+                    "tenants.settle_seed_failed",
+                    extra={"request_id": admission.request_id, "error_class": type(exc).__name__},
+                )
+                result = await store.settle(
+                    SettleRequest(
+                        ticket=admission.ticket,
+                        tokens=max(0, tokens_used),
+                        cost_nano=cost_nano,
+                        hold_ms=0,
+                        scopes=admission.scopes,
+                        event=event,
+                        allow_missing=True,
+                        hold_mode="owner" if admission.held else "",
+                    )
+                )
+                if result.outcome == "gone":
+                    admission.settled = True
+                    return True
+                break
     except (RedisError, OSError) as exc:
         # The money is not lost: the usage event goes to PostgreSQL (the caller writes it when
         # we return False); the hold stays open, and when it expires the sweeper finds that

@@ -20,6 +20,7 @@ from routing.ingress import (
     ingress_authenticate,
     ingress_error_response,
     ingress_open,
+    ingress_refusal_record,
     ingress_reject,
     ingress_start,
     json_answer,
@@ -122,6 +123,7 @@ async def list_models(request: HttpRequest):
     try:
         policy = await ingress_authenticate(ingress, request_raw_key(request))
     except GatewayError as error:
+        await ingress_refusal_record(ingress, error)
         return ingress_error_response(ingress, error)
     snapshot = await snapshot_get()
     created = int(snapshot.loaded_at and time.time())
