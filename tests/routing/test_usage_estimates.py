@@ -107,3 +107,30 @@ async def test_a_client_leaving_an_embeddings_call_frees_its_slot_and_leaves_an_
     # The slot is free at once: the next call is admitted (the fake answers it normally).
     response = await _post(raw, {"model": "est-embed-route", "input": ["again"]}, "/v1/embeddings")
     assert response.status_code == 200
+
+
+async def test_a_call_never_outlives_its_hold_deadline(settings):
+    """A provider that never answers within the route's derived hold: the call ends itself
+    (504 gateway_timeout) before its hold could expire, billing the prompt in flight."""
+    from asgiref.sync import sync_to_async
+
+    from tests.routing.support import mock_provider
+
+    settings.GATEWAY_HOLD_MARGIN_SECONDS = 0.2
+
+    def build():
+        provider = mock_provider("est-stuck", latency_ms=10_000)
+        provider.total_timeout_s = 0.5
+        provider.max_retries = 0
+        provider.save()
+        route("est-stuck-route", [model_on(provider, "est-stuck-model")], max_attempts=1)
+        return tenant_key()
+
+    _, _, raw = await sync_to_async(build)()
+    caches_clear()
+    response = await _post(raw, {"model": "est-stuck-route", "messages": HELLO})
+    assert response.status_code == 504
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.error_type == "gateway_timeout"
+    assert event.usage_estimated and event.tokens_in > 0 and event.cost_usd > 0
