@@ -170,3 +170,70 @@ def test_a_settlement_after_the_sweeper_changes_nothing(settings, redis_url):
     [event] = list(UsageEvent.objects.filter(request_id=request_id))
     assert event.outcome == "orphaned"
     _reconciles()
+
+
+def test_the_beat_sweeper_ends_a_killed_servers_hold_on_its_own(live_gateway, redis_url, tmp_path):
+    """The same fault with the real Celery worker and beat doing the sweeping and draining:
+    nobody calls the sweeper by hand."""
+    from tests.celery_workers import celery_worker_start, process_stop, wait_until
+
+    _, key, raw = _catalog(total_timeout_s=HOLD_S - 1)
+    env = {
+        "REDIS_URL": redis_url,
+        "GATEWAY_STATE_BACKEND": "redis",
+        "GATEWAY_USAGE_WRITE_MODE": "stream",
+        "GATEWAY_HOLD_MARGIN_SECONDS": "1",
+    }
+    worker = celery_worker_start(
+        redis_url,
+        tmp_path,
+        "holds-sweeper",
+        beat=True,
+        extra_env={
+            **env,
+            "GATEWAY_HOLDS_SWEEP_INTERVAL_SECONDS": "1",
+            "GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS": "1",
+        },
+    )
+    headers = {"Authorization": f"Bearer {raw}"}
+    body = {"model": "holds-chat", "messages": HELLO, "stream": True, "max_tokens": 500}
+    try:
+        with live_gateway(env=env) as base:
+            started = threading.Event()
+            killed: dict[str, str] = {}
+
+            def stream() -> None:
+                try:
+                    with (
+                        httpx.Client(base_url=base, timeout=30) as client,
+                        client.stream(
+                            "POST", "/v1/chat/completions", headers=headers, json=body
+                        ) as response,
+                    ):
+                        killed["id"] = response.headers["x-request-id"]
+                        for _ in response.iter_lines():
+                            started.set()
+                except httpx.HTTPError:
+                    pass
+
+            reader = threading.Thread(target=stream, daemon=True)
+            reader.start()
+            assert started.wait(15), "the stream did not start"
+            os.kill(SERVER_PROCESSES[base].pid, signal.SIGKILL)
+            reader.join(10)
+        wait_until(
+            lambda: UsageEvent.objects.filter(request_id=killed["id"]).exists(),
+            timeout_s=90,
+            what="the beat sweeper to end the hold and the drain to store its event",
+            interval=0.2,
+        )
+        assert async_to_sync(_open_holds)() == 0
+    finally:
+        process_stop(worker)
+    [event] = UsageEvent.objects.filter(request_id=killed["id"])
+    assert event.outcome == "orphaned" and event.cost_usd > 0
+    with live_gateway(env=env) as base, httpx.Client(base_url=base, timeout=30) as client:
+        fast = {"model": "holds-fast", "messages": HELLO, "max_tokens": 5}
+        assert client.post("/v1/chat/completions", headers=headers, json=fast).status_code == 200
+    async_to_sync(usage_events_settled)(2)
+    _reconciles()
