@@ -237,3 +237,48 @@ def test_the_beat_sweeper_ends_a_killed_servers_hold_on_its_own(live_gateway, re
         assert client.post("/v1/chat/completions", headers=headers, json=fast).status_code == 200
     async_to_sync(usage_events_settled)(2)
     _reconciles()
+
+
+def test_a_settlement_lost_in_redis_is_charged_from_its_postgres_event(settings, redis_url):
+    """Redis failed at settlement: the event went to PostgreSQL, the hold stayed open. When
+    it expires the sweeper charges the live counter with that event (no orphaned event), so
+    the counter and PostgreSQL agree (reconcile_usage exits 0)."""
+    from routing.inference import InferenceCall, usage_event_payload
+    from routing.snapshot import snapshot_get
+    from tenants.selectors import api_key_policy_reload
+    from usage.services import usage_events_write
+
+    settings.GATEWAY_HOLD_MARGIN_SECONDS = 0.1
+    _, key, _ = _catalog(total_timeout_s=0.2)
+
+    async def scenario() -> tuple[int, int, str]:
+        policy = await api_key_policy_reload(key_id=key.id)
+        route = (await snapshot_get()).resolve("holds-chat")
+        call = InferenceCall(request_id="req_lost_settle", policy=policy, route=route)
+        await call.admit(messages=HELLO, max_tokens=10)
+        # What finish() does when the state store is away: the event goes to PostgreSQL.
+        from providers.types import Usage
+
+        call.served = route.targets[0]
+        call.unit_prices = route.targets[0].model.price_at(call.created_at)
+        call.cost = Decimal("0.000123000000")
+        payload = usage_event_payload(
+            call=call,
+            usage=Usage(prompt_tokens=20, completion_tokens=10),
+            status_code=200,
+            outcome="ok",
+            error_type="",
+        )
+        payload["cost_usd"] = "0.000123000000"
+        await sync_to_async(usage_events_write)(payloads=[payload])
+        time.sleep(0.5)  # noqa: ASYNC251 - the hold (0.3 s) must pass, nothing else runs
+        sweep = await holds_expired_settle()
+        return sweep.recovered, sweep.orphaned, call.request_id
+
+    from asgiref.sync import sync_to_async
+
+    recovered, orphaned, request_id = async_to_sync(scenario)()
+    assert (recovered, orphaned) == (1, 0)
+    [event] = list(UsageEvent.objects.filter(request_id=request_id))
+    assert event.outcome == "ok" and event.cost_usd == Decimal("0.000123")
+    _reconciles()  # includes the live counter check: charged 123,000 nano by the sweeper
