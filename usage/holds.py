@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -135,6 +134,3 @@ async def holds_expired_settle(*, limit: int = 500) -> HoldSweep:
     await store.holds_done_prune(older_than_ms=HOLDS_DONE_KEEP_MS)
     return sweep
 
-
-def reservation_usd(payload: dict[str, Any]) -> Decimal:
-    return nano_to_usd(int(payload["reserve_nano"]))
