@@ -133,4 +133,3 @@ async def holds_expired_settle(*, limit: int = 500) -> HoldSweep:
         setattr(sweep, outcome, getattr(sweep, outcome) + 1)
     await store.holds_done_prune(older_than_ms=HOLDS_DONE_KEEP_MS)
     return sweep
-
