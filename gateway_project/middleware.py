@@ -17,7 +17,9 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (or keeps a sane client-supplied one) and echoes it back."""
+    """Gives every request the gateway's own id (`x-request-id`; the usage event's identity,
+    never chosen by the client) and echoes the client's own id, when it sent a sane one in
+    `X-Client-Request-Id` or `X-Request-Id`, as `x-client-request-id`."""
 
     sync_capable = True
     async_capable = True
@@ -28,28 +30,32 @@ class RequestIdMiddleware:
         if self.is_async:
             markcoroutinefunction(self)
 
-    def _assign(self, request) -> str:
-        supplied = request.META.get("HTTP_X_REQUEST_ID", "")
-        request_id = (
-            supplied if 0 < len(supplied) <= 128 and supplied.isprintable() else new_request_id()
-        )
+    def _assign(self, request) -> tuple[str, str]:
+        meta = request.META
+        supplied = (meta.get("HTTP_X_CLIENT_REQUEST_ID") or meta.get("HTTP_X_REQUEST_ID") or "")[
+            :128
+        ]
+        request_id = new_request_id()
         request.request_id = request_id
         request_id_var.set(request_id)
-        return request_id
+        return request_id, supplied if supplied.isprintable() else ""
+
+    @staticmethod
+    def _echo(response, request_id: str, client_id: str):
+        response["x-request-id"] = request_id
+        if client_id:
+            response["x-client-request-id"] = client_id
+        return response
 
     def __call__(self, request):
         if self.is_async:
             return self.__acall__(request)
-        request_id = self._assign(request)
-        response = self.get_response(request)
-        response["x-request-id"] = request_id
-        return response
+        request_id, client_id = self._assign(request)
+        return self._echo(self.get_response(request), request_id, client_id)
 
     async def __acall__(self, request):
-        request_id = self._assign(request)
-        response = await self.get_response(request)
-        response["x-request-id"] = request_id
-        return response
+        request_id, client_id = self._assign(request)
+        return self._echo(await self.get_response(request), request_id, client_id)
 
 
 _PLAIN_ERRORS = {

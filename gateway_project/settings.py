@@ -312,6 +312,18 @@ if GATEWAY_STATE_BACKEND == "redis" and REDIS_URL.split("://", 1)[0] not in ("re
 # Concurrency slots and budget reservations of a process that died expire after this; keep it
 # above the longest request (GATEWAY_UPSTREAM_TOTAL_TIMEOUT) so a live request never loses its slot.
 GATEWAY_ADMISSION_TTL_SECONDS = env_float("GATEWAY_ADMISSION_TTL_SECONDS", 900.0)
+# An inference call's hold (slot + reservation) lasts as long as its route can run (every
+# target's total timeout x attempts, plus retry pauses) plus this margin for settling; the
+# call's own deadline is the hold minus the margin (routing.inference.hold_seconds).
+GATEWAY_HOLD_MARGIN_SECONDS = env_float("GATEWAY_HOLD_MARGIN_SECONDS", 30.0)
+# The reservation of an image part: the worst case of the providers' documented rules
+# (OpenAI high detail 1,445 (gpt-4o), patch models up to ~2,650; Anthropic ~1,600). Raise it
+# for models that bill images at a multiple (gpt-4o-mini: up to ~48,000).
+GATEWAY_IMAGE_TOKENS_MAX = env_int("GATEWAY_IMAGE_TOKENS_MAX", 3_000)
+# Idempotency-Key records: how long an answered key is remembered (and its JSON answer
+# replayed), and the largest answer kept for replay (larger ones: 409 on retry).
+GATEWAY_IDEMPOTENCY_TTL_SECONDS = env_float("GATEWAY_IDEMPOTENCY_TTL_SECONDS", 86_400.0)
+GATEWAY_IDEMPOTENCY_MAX_BODY_BYTES = env_int("GATEWAY_IDEMPOTENCY_MAX_BODY_BYTES", 1_048_576)
 GATEWAY_STATE_REDIS_POOL_SIZE = env_int("GATEWAY_STATE_REDIS_POOL_SIZE", 64)
 # Budget alerts (webhook POST, email) run in Celery, off the request path.
 GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
@@ -363,6 +375,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "usage.tasks.usage_stream_drain",
         "schedule": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0),
         "options": {"expires": env_float("GATEWAY_USAGE_DRAIN_INTERVAL_SECONDS", 5.0)},
+    },
+    "usage-orphaned-holds-settle": {
+        "task": "usage.tasks.usage_orphaned_holds_settle",
+        "schedule": env_float("GATEWAY_HOLDS_SWEEP_INTERVAL_SECONDS", 10.0),
+        "options": {"expires": env_float("GATEWAY_HOLDS_SWEEP_INTERVAL_SECONDS", 10.0)},
     },
     "usage-rollup": {
         "task": "usage.tasks.usage_rollup",

@@ -25,28 +25,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from datetime import UTC, datetime
+from contextlib import aclosing
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from pydantic import ValidationError as PydanticValidationError
 
 from providers.types import ProviderError, Usage
-from routing.api import chat_request_from, resolve_route
-from routing.errors import GatewayError, gateway_error_from_admission, gateway_error_from_provider
-from routing.schemas import ChatCompletionIn
-from routing.services import (
-    InferenceCall,
-    inference_call_open,
-    rejected_request_record,
-    usage_event_payload,
+from routing.endpoints.openai import chat_request_from
+from routing.errors import GatewayError, gateway_error_from_provider
+from routing.inference import InferenceCall, inference_call_open, usage_event_payload
+from routing.ingress import (
+    Ingress,
+    client_request_id_clean,
+    ingress_authenticate,
+    ingress_refusal_record,
+    ingress_resolve,
+    new_request_id,
+    payload_validate,
 )
-from tenants.admission import AdmissionDenied
+from routing.schemas import ChatCompletionIn
 from tenants.keys import api_key_from_headers
 from tenants.policy import KeyPolicy
-from tenants.selectors import api_key_policy_get
 from usage.services import usage_event_record
 
 logger = logging.getLogger("gateway.ws")
@@ -54,15 +54,6 @@ logger = logging.getLogger("gateway.ws")
 ENDPOINT = "ws_chat"
 CLOSE_UNAUTHENTICATED = 4401
 _MAX_CLIENT_ID_LENGTH = 128
-
-
-class _RequestNotes:
-    """Stands in for the HttpRequest that resolve_route notes the route name on; keeps what
-    the usage event of a refused request needs."""
-
-    def __init__(self) -> None:
-        self.route_name = ""
-        self.policy: KeyPolicy | None = None
 
 
 def _error(status: int, message: str, *, code: str | None, error_type: str | None = None):
@@ -79,19 +70,10 @@ def _error(status: int, message: str, *, code: str | None, error_type: str | Non
 
 async def policy_for_key(raw_key: str | None) -> KeyPolicy:
     """The usable policy of a presented key, or the same 401 errors as the HTTP API."""
-    if not raw_key:
-        raise _error(401, "Missing API key", code="missing_api_key")
-    policy = await api_key_policy_get(raw_key=raw_key)
-    if policy is None:
-        raise _error(401, "Incorrect API key provided", code="invalid_api_key")
-    if not policy.usable_at(datetime.now(tz=UTC)):
-        code = (
-            "revoked_api_key"
-            if policy.revoked
-            else ("tenant_disabled" if not policy.tenant_active else "expired_api_key")
-        )
-        raise _error(401, "This API key is no longer valid", code=code)
-    return policy
+    return await ingress_authenticate(
+        Ingress(request_id="", client_request_id="", started=0.0, endpoint=ENDPOINT),
+        raw_key or None,
+    )
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -106,7 +88,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self._raw_key: str | None = None
         self._authenticated = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancel_reasons: dict[str, str] = {}
+        self._calls: dict[str, InferenceCall] = {}
+        self._cancelled: set[str] = set()
         self._send_lock = asyncio.Lock()
         self._auth_deadline: asyncio.Task[None] | None = None
         self._closing = False
@@ -196,10 +179,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _send_error(self, client_id: Any, error: GatewayError) -> None:
         await self._send({"type": "error", "id": client_id, "error": error.body()["error"]})
 
+    def _ingress(self, client_id: Any) -> Ingress:
+        return Ingress(
+            request_id=new_request_id(),
+            client_request_id=client_request_id_clean(client_id),
+            started=time.perf_counter(),
+            endpoint=ENDPOINT,
+        )
+
     async def _on_request(self, content: dict[str, Any]) -> None:
         client_id = content.get("id")
-        request_id = f"req_{uuid.uuid4().hex}"
-        started = time.perf_counter()
+        ingress = self._ingress(client_id)
         if not isinstance(client_id, str | int) or not 0 < len(str(client_id)) <= 128:
             error = _error(
                 400, "A request needs an 'id' (string, 1-128 characters)", code="invalid_id"
@@ -217,128 +207,98 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         else:
             key = str(client_id)
             body = {k: v for k, v in content.items() if k not in ("type", "id")}
-            task = asyncio.get_running_loop().create_task(
-                self._run(client_id, body, request_id=request_id, started=started)
-            )
+            task = asyncio.get_running_loop().create_task(self._run(client_id, body, ingress))
             self._tasks[key] = task
             task.add_done_callback(lambda _t, key=key: self._forget(key))
             return
-        policy = None
         if self._authenticated:
             try:
-                policy = await policy_for_key(self._raw_key)
+                await ingress_authenticate(ingress, self._raw_key)
             except GatewayError:
-                policy = None
-        await rejected_request_record(
-            request_id=request_id,
-            policy=policy,
-            route_name=str(content.get("model") or "")[:128],
-            endpoint=ENDPOINT,
-            status_code=error.status,
-            error_type=error.code or error.error_type,
-            started=started,
-        )
+                pass
+        ingress.route_name = str(content.get("model") or "")[:128]
+        await ingress_refusal_record(ingress, error)
         await self._send_error(client_id, error)
 
     def _forget(self, key: str) -> None:
         self._tasks.pop(key, None)
-        self._cancel_reasons.pop(key, None)
+        self._calls.pop(key, None)
 
     def _on_cancel(self, client_id: Any) -> None:
         key = str(client_id)
         task = self._tasks.get(key)
         if task is not None and not task.done():
-            self._cancel_reasons[key] = "client_cancelled"
+            call = self._calls.get(key)
+            if call is not None:
+                call.cancel_reason = "client_cancelled"
+            self._cancelled.add(key)
             task.cancel()
 
     # -- one request -------------------------------------------------------------------
-    async def _admit(
-        self, body: dict[str, Any], *, request_id: str, holder: _RequestNotes
-    ) -> tuple[InferenceCall, Any]:
-        policy = await policy_for_key(self._raw_key)  # re-read: revocation reaches open sockets
-        holder.policy = policy
-        try:
-            payload = ChatCompletionIn.model_validate(body)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first.get("loc", ())) or None
-            raise GatewayError(
-                status=400,
-                message=f"{first.get('msg', 'Invalid request')}" + (f" ({param})" if param else ""),
-                code="invalid_value" if param else "invalid_request",
-                param=param,
-            ) from None
-        route = await resolve_route(holder, policy, payload.model)  # type: ignore[arg-type]
+    async def _open(self, body: dict[str, Any], ingress: Ingress) -> tuple[InferenceCall, Any]:
+        # Re-read the key: revocation reaches open sockets.
+        await ingress_authenticate(ingress, self._raw_key)
+        payload = payload_validate(ChatCompletionIn, body)
+        await ingress_resolve(ingress, payload.model)
         chat = chat_request_from(payload, raw_messages=body.get("messages"))
         chat.stream = True
         chat.include_usage = True
-        call = await inference_call_open(
-            request_id=request_id, policy=policy, route=route, chat=chat, endpoint=ENDPOINT
-        )
-        return call, chat
+        return await inference_call_open(ingress=ingress, chat=chat), chat
 
-    async def _run(
-        self, client_id: Any, body: dict[str, Any], *, request_id: str, started: float
-    ) -> None:
-        holder = _RequestNotes()
+    async def _run(self, client_id: Any, body: dict[str, Any], ingress: Ingress) -> None:
+        key = str(client_id)
         try:
-            call, chat = await self._admit(body, request_id=request_id, holder=holder)
-        except (GatewayError, AdmissionDenied) as exc:
-            error = exc if isinstance(exc, GatewayError) else gateway_error_from_admission(exc)
-            await rejected_request_record(
-                request_id=request_id,
-                policy=holder.policy,
-                route_name=holder.route_name,
-                endpoint=ENDPOINT,
-                status_code=error.status,
-                error_type=error.code or error.error_type,
-                started=started,
-            )
+            call, chat = await self._open(body, ingress)
+        except GatewayError as error:
+            await ingress_refusal_record(ingress, error)
             await self._send_error(client_id, error)
             return
         except asyncio.CancelledError:
             # Cancelled before admission finished: nothing reserved, nothing called upstream,
-            # still one usage event.
-            payload = usage_event_payload(
-                call=None,
-                usage=Usage(),
-                status_code=499,
-                outcome="cancelled",
-                error_type=self._cancel_reasons.get(str(client_id), "client_disconnected"),
-                request_id=request_id,
-                policy=holder.policy,
-                route_name=holder.route_name,
-                endpoint=ENDPOINT,
-                started=started,
-            )
-            await asyncio.shield(usage_event_record(payload=payload))
+            # still one usage event when the key is known.
+            if ingress.policy is not None:
+                payload = usage_event_payload(
+                    call=None,
+                    usage=Usage(),
+                    status_code=499,
+                    outcome="cancelled",
+                    error_type="client_cancelled"
+                    if key in self._cancelled
+                    else "client_disconnected",
+                    request_id=ingress.request_id,
+                    client_request_id=ingress.client_request_id,
+                    policy=ingress.policy,
+                    route_name=ingress.route_name,
+                    endpoint=ENDPOINT,
+                    started=ingress.started,
+                )
+                await asyncio.shield(usage_event_record(payload=payload))
             raise
+        self._calls[key] = call
+        if key in self._cancelled:
+            call.cancel_reason = "client_cancelled"
         await self._stream(client_id, call, chat)
 
     async def _stream(self, client_id: Any, call: InferenceCall, chat: Any) -> None:
+        """Shapes the call's chunks into messages; the call settles itself on every exit."""
         finish_reason: str | None = None
         try:
-            async for chunk in call.stream(chat):
-                if chunk.finish_reason:
-                    finish_reason = chunk.finish_reason
-                if chunk.content or chunk.tool_calls:
-                    message: dict[str, Any] = {"type": "delta", "id": client_id}
-                    if chunk.content:
-                        message["content"] = chunk.content
-                    if chunk.tool_calls:
-                        message["tool_calls"] = chunk.tool_calls
-                    await self._send(message)
+            async with aclosing(call.run_stream(chat)) as chunks:
+                async for chunk in chunks:
+                    if chunk.finish_reason:
+                        finish_reason = chunk.finish_reason
+                    if chunk.content or chunk.tool_calls:
+                        message: dict[str, Any] = {"type": "delta", "id": client_id}
+                        if chunk.content:
+                            message["content"] = chunk.content
+                        if chunk.tool_calls:
+                            message["tool_calls"] = chunk.tool_calls
+                        await self._send(message)
         except ProviderError as exc:
-            error = gateway_error_from_provider(exc)
-            await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
-            await self._send_error(client_id, error)
+            await self._send_error(client_id, gateway_error_from_provider(exc))
             return
         except asyncio.CancelledError:
-            reason = self._cancel_reasons.get(str(client_id), "client_disconnected")
-            await asyncio.shield(
-                call.finish(status_code=499, outcome="cancelled", error_type=reason)
-            )
-            if reason == "client_cancelled":
+            if call.cancel_reason == "client_cancelled":
                 await asyncio.shield(self._send_done(client_id, call, "cancelled"))
             raise
         except Exception as exc:
@@ -347,7 +307,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 exc_info=exc,
                 extra={"request_id": call.request_id, "error_class": type(exc).__name__},
             )
-            await call.finish(status_code=500, outcome="error", error_type="internal_error")
             await self._send_error(
                 client_id,
                 GatewayError(
@@ -355,7 +314,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 ),
             )
             return
-        await call.finish(status_code=200, outcome="ok")
         await self._send_done(client_id, call, finish_reason or "stop")
 
     async def _send_done(self, client_id: Any, call: InferenceCall, finish_reason: str) -> None:
@@ -369,6 +327,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "usage": usage.to_openai() if usage else None,
                 "cost_usd": format(call.cost, "f"),
                 "request_id": call.request_id,
+                "client_request_id": call.client_request_id,
             }
         )
 

@@ -99,3 +99,45 @@ def error_response(
     for name, value in {**(extra_headers or {}), **error.headers}.items():
         response[name] = value
     return response
+
+
+# -- Anthropic's error shape (POST /v1/messages) -----------------------------------------------
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    if status in _ANTHROPIC_ERROR_TYPES:
+        return _ANTHROPIC_ERROR_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error_body(*, status: int, message: str) -> dict:
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+
+
+def anthropic_error_response(
+    error: GatewayError, extra_headers: dict[str, str] | None = None
+) -> HttpResponse:
+    response = HttpResponse(
+        orjson.dumps(anthropic_error_body(status=error.status, message=error.message)),
+        status=error.status,
+        content_type="application/json",
+    )
+    for name, value in {**(extra_headers or {}), **error.headers}.items():
+        response[name] = value
+    return response

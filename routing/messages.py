@@ -21,46 +21,26 @@ Mapping notes (what a Messages client may notice):
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
 from typing import Any, Literal
 
 import orjson
-from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from providers.tokens import estimate_prompt_tokens_fast
 from providers.types import ChatRequest, ChatResponse, Chunk, ProviderError, Usage
-from routing.api import _request_id, api, authenticate, resolve_route
-from routing.errors import GatewayError, gateway_error_from_admission, gateway_error_from_provider
-from routing.protocols.anthropic_native import messages_chat_request
-from routing.services import InferenceCall, inference_call_open, rejected_request_record
-from routing.streaming import keepalive_interval, sse_stream, stream_headers, stream_start
-from tenants.admission import AdmissionDenied
+from routing.errors import (  # noqa: F401 - the error shape is re-exported for its users
+    GatewayError,
+    anthropic_error_body,
+    anthropic_error_response,
+    anthropic_error_type,
+)
+from routing.inference import InferenceCall
 
 logger = logging.getLogger("gateway.api.messages")
 
 ENDPOINT = "messages"
-
-# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -72,29 +52,6 @@ _STOP_REASONS = {
 
 
 # -- errors --------------------------------------------------------------------------------
-def anthropic_error_type(status: int) -> str:
-    if status in _ERROR_TYPES:
-        return _ERROR_TYPES[status]
-    return "api_error" if status >= 500 else "invalid_request_error"
-
-
-def anthropic_error_body(*, status: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
-
-
-def anthropic_error_response(
-    error: GatewayError, extra_headers: dict[str, str] | None = None
-) -> HttpResponse:
-    response = HttpResponse(
-        orjson.dumps(anthropic_error_body(status=error.status, message=error.message)),
-        status=error.status,
-        content_type="application/json",
-    )
-    for name, value in {**(extra_headers or {}), **error.headers}.items():
-        response[name] = value
-    return response
-
-
 class MessagesInvalid(GatewayError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(status=400, message=message, code="invalid_request", param=param)
@@ -133,6 +90,11 @@ def messages_payload_parse(body: bytes) -> MessagesIn:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise MessagesInvalid("Request body is not valid JSON") from None
+    return messages_payload_validate(data)
+
+
+def messages_payload_validate(data: Any) -> MessagesIn:
+    """The decoded body validated, or MessagesInvalid with Anthropic-style wording."""
     if not isinstance(data, dict):
         raise MessagesInvalid("Request body must be a JSON object")
     try:
@@ -527,105 +489,3 @@ class AnthropicStreamEncoder:
             },
         )
         return out + _event("message_stop", {"type": "message_stop"})
-
-
-# -- endpoint --------------------------------------------------------------------------------
-async def _reject(request: HttpRequest, error: GatewayError) -> HttpResponse:
-    """An Anthropic-shaped refusal before any upstream call, leaving its usage event."""
-    await rejected_request_record(
-        request_id=_request_id(request),
-        policy=getattr(request, "key_policy", None),
-        route_name=getattr(request, "route_name", ""),
-        endpoint=ENDPOINT,
-        status_code=error.status,
-        error_type=error.code or error.error_type,
-        started=getattr(request, "started_at", time.perf_counter()),
-    )
-    return anthropic_error_response(error, {"request-id": _request_id(request)})
-
-
-def _message_headers(call: InferenceCall, headers: dict[str, str]) -> dict[str, str]:
-    return {**headers, "request-id": call.request_id}
-
-
-@api.post(
-    "/v1/messages",
-    response={200: dict},
-    summary="Create a message (Anthropic Messages API compatible, SSE when stream=true)",
-    description="Accepts the Messages API request (`x-api-key` or `Authorization: Bearer`) "
-    "and answers an Anthropic Message; errors use Anthropic's error shape.",
-)
-async def create_message(request: HttpRequest):
-    request.started_at = time.perf_counter()
-    try:
-        try:
-            body = request.body
-        except RequestDataTooBig:
-            raise GatewayError(status=413, message="Request body too large") from None
-        policy = await authenticate(request)
-        payload = messages_payload_parse(body)
-        route = await resolve_route(request, policy, payload.model)
-        chat = messages_chat_request(
-            payload,
-            body=body,
-            route=route,
-            beta=request.headers.get("anthropic-beta"),
-            convert=chat_request_from_anthropic,
-        )
-        call = await inference_call_open(
-            request_id=_request_id(request),
-            policy=policy,
-            route=route,
-            chat=chat,
-            endpoint=ENDPOINT,
-        )
-    except GatewayError as error:
-        return await _reject(request, error)
-    except AdmissionDenied as denied:
-        return await _reject(request, gateway_error_from_admission(denied))
-
-    message_id = f"msg_{uuid.uuid4().hex[:24]}"
-    if chat.stream:
-        return await _stream_message(call, chat, model=payload.model, message_id=message_id)
-
-    try:
-        response = await call.complete(chat)
-    except ProviderError as exc:
-        error = gateway_error_from_provider(exc)
-        await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
-        return anthropic_error_response(error, _message_headers(call, call.gateway_headers()))
-    except asyncio.CancelledError:
-        await asyncio.shield(
-            call.finish(status_code=499, outcome="cancelled", error_type="client_disconnected")
-        )
-        raise
-    await call.finish(status_code=200, outcome="ok")
-    body_out = response.native or anthropic_message_from(
-        response=response, model=payload.model, message_id=message_id
-    )
-    result = HttpResponse(orjson.dumps(body_out), content_type="application/json")
-    for name, value in _message_headers(call, call.gateway_headers()).items():
-        result[name] = value
-    return result
-
-
-async def _stream_message(
-    call: InferenceCall, chat: ChatRequest, *, model: str, message_id: str
-) -> HttpResponse:
-    try:
-        pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
-    except ProviderError as exc:
-        error = gateway_error_from_provider(exc)
-        await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
-        return anthropic_error_response(error, _message_headers(call, call.gateway_headers()))
-    encoder = AnthropicStreamEncoder(
-        message_id=message_id,
-        model=model,
-        input_tokens_estimate=estimate_prompt_tokens_fast(chat.messages),
-    )
-    response = StreamingHttpResponse(
-        sse_stream(call=call, pump=pump, encoder=encoder), content_type="text/event-stream"
-    )
-    for name, value in _message_headers(call, stream_headers(call)).items():
-        response[name] = value
-    return response

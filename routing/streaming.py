@@ -12,7 +12,8 @@
 - cancellation: closing the pump (the client left, or asked to cancel) cancels the pump task
   at once, which closes the upstream iterator and with it the upstream HTTP request.
 
-`stream_start` waits for the first chunk (up to one keep-alive interval) before the response
+The pump's source is `InferenceCall.run_stream`, which settles the call however the stream
+ends. `stream_start` waits for the first chunk (up to one keep-alive interval) before the response
 headers go out, so a request that fails before any output (every fallback exhausted, 429, a
 circuit open) still gets a real HTTP status and error body instead of a 200 with an in-band
 error. `sse_stream` is the body of every SSE response: it writes what an encoder makes of the
@@ -31,7 +32,7 @@ from django.conf import settings
 
 from providers.types import ChatRequest, Chunk, ProviderError
 from routing.errors import provider_error_log
-from routing.services import InferenceCall
+from routing.inference import InferenceCall
 from routing.sse import DONE, ChunkEncoder, is_usage_only
 
 logger = logging.getLogger("gateway.routing.streaming")
@@ -194,7 +195,7 @@ async def stream_start(
     interval passed). Raises ProviderError when it failed before any output: the caller
     answers with a real status and finishes the call. A cancelled caller (the client left
     while we waited) closes the upstream and settles the call as cancelled."""
-    pump = ChunkPump(call.stream(chat), keepalive_s=keepalive_s).start()
+    pump = ChunkPump(call.run_stream(chat), keepalive_s=keepalive_s).start()
     try:
         await pump.wait_first(keepalive_s)
     except ProviderError:
@@ -250,6 +251,12 @@ async def sse_stream(
         outcome, status, error_type = "error", 500, failure.code
         yield encoder.error(failure)
     finally:
+        # Close the upstream at once; the call's own iterator settles as it closes (a client
+        # that left: cancelled). A fault of ours is settled first, so it is recorded as one.
+        if status == 500:
+            await asyncio.shield(
+                call.finish(status_code=status, outcome=outcome, error_type=error_type)
+            )
         await asyncio.shield(pump.aclose())
         await asyncio.shield(
             call.finish(status_code=status, outcome=outcome, error_type=error_type)

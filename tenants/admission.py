@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
 from tenants import selectors
@@ -87,6 +87,73 @@ class Admission:
     scopes: tuple[ScopeLimits, ...] = ()
     periods: tuple[PeriodBounds, ...] = ()
     settled: bool = False
+    # The admission left a durable hold record (ended by settlement or by the sweeper).
+    held: bool = False
+
+
+def hold_payload(
+    *,
+    ticket: str,
+    policy: KeyPolicy,
+    scopes: tuple[ScopeLimits, ...],
+    periods: tuple[PeriodBounds, ...],
+    reserve_nano: int,
+    tokens: int,
+    event: dict[str, Any],
+) -> bytes:
+    """What the sweeper needs to end a hold nobody settled: the scopes to release (names are
+    rebuilt from these ids and period keys), the reservation to charge, and the usage event's
+    fields known at admission."""
+
+    def limit(value: int | None) -> int:
+        return -1 if value is None else int(value)
+
+    return orjson.dumps(
+        {
+            "v": 1,
+            "ticket": ticket,
+            "tenant_id": policy.tenant_id,
+            "reserve_nano": reserve_nano,
+            "tokens": tokens,
+            "scopes": [
+                [
+                    scope.scope,
+                    scope.scope_id,
+                    bounds.key,
+                    limit(scope.rpm),
+                    limit(scope.tpm),
+                    limit(scope.max_concurrency),
+                    limit(scope.budget_nano),
+                ]
+                for scope, bounds in zip(scopes, periods, strict=True)
+            ],
+            "event": event,
+        },
+        default=_json_default,
+    )
+
+
+def hold_scopes(store: StateStore, payload: dict[str, Any]) -> tuple[ScopeLimits, ...]:
+    """The ScopeLimits of a hold payload (see hold_payload)."""
+
+    def limit(value: int) -> int | None:
+        return None if value < 0 else value
+
+    tenant_id = int(payload["tenant_id"])
+    return tuple(
+        ScopeLimits(
+            scope=scope,
+            scope_id=int(scope_id),
+            keys=store.scope_keys(
+                scope=scope, tenant_id=tenant_id, scope_id=int(scope_id), period_key=period
+            ),
+            rpm=limit(rpm),
+            tpm=limit(tpm),
+            max_concurrency=limit(conc),
+            budget_nano=limit(budget),
+        )
+        for scope, scope_id, period, rpm, tpm, conc, budget in payload["scopes"]
+    )
 
 
 # -- spend loader (wired to usage.selectors.spend_sum by routing/wiring.py) --------------------
@@ -392,9 +459,14 @@ async def request_admit(
     input_price_per_mtok: Decimal,
     output_price_per_mtok: Decimal,
     now: datetime | None = None,
+    hold_s: float | None = None,
+    hold_event: dict[str, Any] | None = None,
 ) -> Admission:
     """Admit one request or raise AdmissionDenied. `now` (aware) picks the budget period; it
-    defaults to the current time."""
+    defaults to the current time. `hold_s`: how long the slot and reservation are held when
+    nobody settles them (default GATEWAY_ADMISSION_TTL_SECONDS). `hold_event`: the usage
+    event's fields known now; given, the admission leaves a durable hold record that the
+    sweeper (usage.holds) ends with an `orphaned` event if nobody settles it in time."""
     store = state_store()
     reserved = worst_case_cost_usd(
         prompt_tokens=estimated_prompt_tokens,
@@ -404,7 +476,7 @@ async def request_admit(
     )
     reserve_nano = usd_to_nano_ceil(reserved)
     tokens = max(0, estimated_prompt_tokens) + max(0, max_output_tokens)
-    hold_ms = int(settings.GATEWAY_ADMISSION_TTL_SECONDS * 1000)
+    hold_ms = int((hold_s or settings.GATEWAY_ADMISSION_TTL_SECONDS) * 1000)
     moved = False  # the config version moved while admitting: re-check this key's policy
     rechecked = False
     for _attempt in range(_ADMIT_ATTEMPTS):
@@ -412,6 +484,17 @@ async def request_admit(
         scopes, periods = _scopes_for(store, policy, when)
         # Tickets are unique per admission: request ids may come from clients.
         ticket = f"{request_id}:{random.getrandbits(48):012x}"
+        hold = None
+        if hold_event is not None:
+            hold = hold_payload(
+                ticket=ticket,
+                policy=policy,
+                scopes=scopes,
+                periods=periods,
+                reserve_nano=reserve_nano,
+                tokens=tokens,
+                event=hold_event,
+            )
         try:
             result = await store.admit(
                 AdmitRequest(
@@ -420,6 +503,7 @@ async def request_admit(
                     reserve_nano=reserve_nano,
                     hold_ms=hold_ms,
                     scopes=scopes,
+                    hold=hold,
                 )
             )
         except (RedisError, OSError) as exc:
@@ -442,6 +526,7 @@ async def request_admit(
             reserved_nano=reserve_nano,
             scopes=scopes,
             periods=periods,
+            held=hold is not None,
         )
         if moved and not rechecked:
             rechecked, moved = True, False
@@ -480,6 +565,7 @@ async def admission_release(*, admission: Admission) -> None:
                 hold_ms=0,
                 scopes=admission.scopes,
                 release=True,
+                hold_mode="owner" if admission.held else "",
             )
         )
     except (RedisError, OSError):
@@ -501,8 +587,9 @@ async def request_settle(
     usage_event: dict[str, Any],
 ) -> bool:
     """Replace the reservation by the real cost and release the slot. Returns True when the
-    state store took the usage event in the same atomic call (Redis stream mode); then the
-    caller must not write it itself."""
+    state store took the usage event in the same atomic call (Redis stream mode), or when the
+    hold was already ended by the sweeper (its `orphaned` event stands for this request);
+    then the caller must not write it itself."""
     if admission.settled:
         return False
     store = state_store()
@@ -522,14 +609,49 @@ async def request_settle(
                     event=event,
                     # Last resort: charge the counters that exist rather than never settle.
                     allow_missing=attempt == _SETTLE_ATTEMPTS - 1,
+                    hold_mode="owner" if admission.held else "",
                 )
             )
+            if result.outcome == "gone":
+                # The call outlived its hold and the sweeper already ended it with an
+                # `orphaned` event charging the reservation: nothing more to charge or write.
+                logger.warning(
+                    "tenants.settle_after_orphaned", extra={"request_id": admission.request_id}
+                )
+                admission.settled = True
+                return True
             if result.outcome != "seed":
                 break
-            await _seed(store, admission.scopes, admission.periods, result.missing)
+            try:
+                await _seed(store, admission.scopes, admission.periods, result.missing)
+            except DatabaseError as exc:
+                # The database cannot rebuild the counter now: charge the counters that
+                # exist (the next try allows missing ones); the missing one is rebuilt from
+                # PostgreSQL, this request's event included, when it is next needed.
+                logger.error(
+                    "tenants.settle_seed_failed",
+                    extra={"request_id": admission.request_id, "error_class": type(exc).__name__},
+                )
+                result = await store.settle(
+                    SettleRequest(
+                        ticket=admission.ticket,
+                        tokens=max(0, tokens_used),
+                        cost_nano=cost_nano,
+                        hold_ms=0,
+                        scopes=admission.scopes,
+                        event=event,
+                        allow_missing=True,
+                        hold_mode="owner" if admission.held else "",
+                    )
+                )
+                if result.outcome == "gone":
+                    admission.settled = True
+                    return True
+                break
     except (RedisError, OSError) as exc:
         # The money is not lost: the usage event goes to PostgreSQL (the caller writes it when
-        # we return False) and counters are rebuilt from there; slot and reservation expire.
+        # we return False); the hold stays open, and when it expires the sweeper finds that
+        # event and charges the counters with it (usage.holds), releasing slot and reservation.
         logger.error(
             "tenants.settle_store_failed",
             extra={"request_id": admission.request_id, "error_class": type(exc).__name__},

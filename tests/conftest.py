@@ -83,6 +83,10 @@ def test_database_url() -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+# base URL -> the server process (fault tests kill it with SIGKILL).
+SERVER_PROCESSES: dict[str, subprocess.Popen] = {}
+
+
 @contextmanager
 def gateway_server(
     *, env: dict[str, str] | None = None, workers: int = 1, server: str = "uvicorn"
@@ -132,10 +136,12 @@ def gateway_server(
     log = open(ROOT / f".test-server-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(cmd, cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    SERVER_PROCESSES[base] = process
     try:
         wait_for_http(f"{base}/health", process=process)
         yield base
     finally:
+        SERVER_PROCESSES.pop(base, None)
         process.terminate()
         try:
             process.wait(timeout=10)

@@ -153,7 +153,7 @@ class UsageEventAdmin(TenantScopedReadOnlyAdmin):
     )
     list_filter = (RecentFilter, "outcome", EndpointFilter, "stream")
     # Exact request id (the unique index); a substring search would read every event.
-    search_fields = ("request_id__exact",)
+    search_fields = ("request_id__exact", "client_request_id__exact")
     change_list_template = "admin/usage/usageevent/change_list.html"
 
     def get_urls(self):

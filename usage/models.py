@@ -14,6 +14,10 @@ class Outcome(models.TextChoices):
     ERROR = "error", "Error"
     CANCELLED = "cancelled", "Cancelled by client"
     REJECTED = "rejected", "Rejected before upstream"
+    # A retry with an Idempotency-Key already answered: the first answer again, no charge.
+    REPLAYED = "replayed", "Replayed (idempotent retry)"
+    # A hold nobody settled (its process died): charged its reservation, usage estimated.
+    ORPHANED = "orphaned", "Orphaned hold (settled by the sweeper)"
 
 
 def cost_field(**kwargs) -> models.DecimalField:
@@ -27,7 +31,10 @@ class UsageEvent(models.Model):
     """Exactly one per request, success or failure. Ids are plain integers (no FKs) so that the
     hot path and the drain never join or lock tenant and catalog rows."""
 
+    # The gateway's id: the event's identity, never taken from the client.
     request_id = models.CharField(max_length=64, unique=True)
+    # The client's own x-request-id (printable, at most 128 characters), for its searches.
+    client_request_id = models.CharField(max_length=128, blank=True, db_index=True)
     created_at = models.DateTimeField(db_index=True)
     # When the writer stored the row: rollups recompute the buckets of events ingested since
     # their last run, so a late event (old created_at) still corrects its bucket.

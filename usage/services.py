@@ -30,6 +30,7 @@ logger = logging.getLogger("gateway.usage")
 
 # Columns written from the payload, in insert order (request_id and the times come first).
 _PAYLOAD_COLUMNS = (
+    "client_request_id",
     "tenant_id",
     "api_key_id",
     "route",

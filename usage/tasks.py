@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync
 from celery import shared_task
 
 from audit.context import audit_actor
@@ -33,3 +34,11 @@ def model_prices_sync() -> int:
     # The audit log attributes the price changes that came into force to this task.
     with audit_actor("task:model_prices_sync"):
         return model_prices_sync_service()
+
+
+@shared_task(name="usage.tasks.usage_orphaned_holds_settle", ignore_result=True)
+def usage_orphaned_holds_settle() -> dict[str, int]:
+    """End holds whose calls can no longer settle them (killed process, lost settlement)."""
+    from usage.holds import holds_expired_settle
+
+    return async_to_sync(holds_expired_settle)().as_dict()

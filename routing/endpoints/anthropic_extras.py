@@ -9,15 +9,14 @@ import dataclasses
 import time
 
 import orjson
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from providers.adapters.base import adapter_for
 from providers.tokens import count_message_tokens, count_text_tokens
 from providers.types import ProviderError
-from routing.api import authenticate, resolve_route
-from routing.errors import GatewayError, gateway_error_from_provider
+from routing.errors import GatewayError, anthropic_error_response, gateway_error_from_provider
+from routing.ingress import ingress_open, ingress_refusal_record, ingress_start
 from routing.protocols.anthropic_native import messages_chat_request
 from routing.protocols.models import anthropic_model_list, anthropic_model_object
 
@@ -40,45 +39,38 @@ def anthropic_model_response(name: str | None) -> HttpResponse:
     return HttpResponse(orjson.dumps(body), content_type="application/json")
 
 
-def _count_body(raw: bytes) -> bytes:
+def _count_data(data: object) -> dict:
     """A count_tokens request parses as a Messages request without max_tokens."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise GatewayError(status=400, message="Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise GatewayError(status=400, message="Request body must be a JSON object")
+    data = dict(data)
     data.pop("stream", None)
     data["max_tokens"] = 1
-    return orjson.dumps(data)
+    return data
 
 
 @router.post("/v1/messages/count_tokens", response={200: dict})
 async def count_tokens(request: HttpRequest):
-    # routing.messages imports routing.api, which registers this router: import it late.
-    from routing.messages import (
-        anthropic_error_response,
-        chat_request_from_anthropic,
-        messages_payload_parse,
-    )
+    # routing.messages holds the Messages conversions (imported late: it imports routing
+    # modules that import this one).
+    from routing.messages import chat_request_from_anthropic, messages_payload_validate
 
+    ingress = ingress_start(request, endpoint="count_tokens", shape="anthropic")
     try:
-        try:
-            raw = request.body
-        except RequestDataTooBig:
-            raise GatewayError(status=413, message="Request body too large") from None
-        policy = await authenticate(request)
-        body = _count_body(raw)
-        payload = messages_payload_parse(body)
-        route = await resolve_route(request, policy, payload.model)
+        payload = await ingress_open(
+            ingress, request, parse=lambda data: messages_payload_validate(_count_data(data))
+        )
+        route = ingress.route
+        assert route is not None
         chat = messages_chat_request(
             payload,
-            body=body,
+            body=orjson.dumps(_count_data(orjson.loads(request.body))),
             route=route,
-            beta=request.headers.get("anthropic-beta"),
+            beta=request.META.get("HTTP_ANTHROPIC_BETA"),
             convert=chat_request_from_anthropic,
         )
     except GatewayError as error:
+        await ingress_refusal_record(ingress, error)
         return anthropic_error_response(error)
     target = route.targets[0]
     if target.provider.kind == "anthropic" and chat.native is not None:

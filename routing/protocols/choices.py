@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from providers.types import ChatRequest, ChatResponse, Usage
-from routing.services import InferenceCall
+from routing.inference import InferenceCall
 from routing.snapshot import ResolvedRoute
 
 NATIVE_N_KINDS = frozenset({"openai", "openai_compatible", "azure_openai"})

@@ -67,9 +67,9 @@ class CompletionsIn(BaseModel):
         return value
 
 
-def completions_request_parse(body: bytes) -> CompletionsIn:
+def completions_request_parse(body: bytes | dict) -> CompletionsIn:
     try:
-        data = orjson.loads(body)
+        data = body if isinstance(body, dict) else orjson.loads(body)
     except orjson.JSONDecodeError:
         raise CompletionsInvalid("Request body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):

@@ -67,9 +67,9 @@ class ResponsesIn(BaseModel):
     reasoning: dict[str, Any] | None = None
 
 
-def responses_request_parse(body: bytes) -> ResponsesIn:
+def responses_request_parse(body: bytes | dict) -> ResponsesIn:
     try:
-        data = orjson.loads(body)
+        data = body if isinstance(body, dict) else orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ResponsesInvalid("Request body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):

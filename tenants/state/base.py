@@ -98,6 +98,9 @@ class AdmitRequest:
     hold_ms: int
     scopes: tuple[ScopeLimits, ...]
     window_ms: int = RATE_WINDOW_MS
+    # Durable hold: what the sweeper needs to end this admission if nobody settles it
+    # (kept with its deadline, now + hold_ms, in the same atomic step). None: no record.
+    hold: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,10 @@ class SettleRequest:
     # Charge only counters that exist instead of asking for a seed (last resort, see settle).
     allow_missing: bool = False
     window_ms: int = RATE_WINDOW_MS
+    # "" (the admission kept no hold record), "owner" (the request itself settles) or
+    # "sweeper" (the hold expired: usage.holds settles it). A hold ends once: the second of
+    # the two changes nothing and gets outcome "gone".
+    hold_mode: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +151,7 @@ class SpendChange:
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
-    outcome: str  # "ok" | "seed"
+    outcome: str  # "ok" | "seed" | "gone" (the hold was already ended by the other party)
     stored_event: bool = False
     missing: tuple[int, ...] = ()
     # Per scope: the spend counter before and after the charge (None when not charged).
@@ -274,6 +281,37 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def inflight_get(self, *, keys: list[str]) -> list[int]: ...
+
+    # -- durable holds (see usage/holds.py) ----------------------------------------------
+    @abc.abstractmethod
+    async def holds_expired(self, *, limit: int) -> list[tuple[str, bytes]]:
+        """Up to `limit` open holds whose deadline passed, oldest first: (ticket, payload)."""
+
+    @abc.abstractmethod
+    async def holds_open_count(self) -> int:
+        """How many holds are open (admitted, not settled)."""
+
+    @abc.abstractmethod
+    async def holds_done_prune(self, *, older_than_ms: int) -> int:
+        """Forget the sweeper's marks of holds ended more than `older_than_ms` ago."""
+
+    # -- idempotency records (Idempotency-Key; see routing/idempotency.py) ----------------
+    @abc.abstractmethod
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        """The record's name for an API key and a (hashed) client idempotency key."""
+
+    @abc.abstractmethod
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        """Create the record unless it exists (SET NX PX). None when this call created it,
+        else the existing record's value."""
+
+    @abc.abstractmethod
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        """Replace the record's value and expiry."""
+
+    @abc.abstractmethod
+    async def idempotency_release(self, *, name: str) -> None:
+        """Forget the record (the request failed: a retry runs again)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (tests, shutdown)."""

@@ -139,6 +139,9 @@ class MemoryStateStore(StateStore):
         self._breakers: dict[str, _Breaker] = {}
         self._ewma: dict[str, float] = {}
         self._inflight: dict[str, dict[str, int]] = {}
+        # Durable holds: ticket -> (deadline ms, payload); tickets the sweeper ended -> ms.
+        self._holds: dict[str, tuple[int, bytes]] = {}
+        self._holds_done: dict[str, int] = {}
 
     def scope_keys(
         self, *, scope: str, tenant_id: int, scope_id: int, period_key: str
@@ -331,6 +334,8 @@ class MemoryStateStore(StateStore):
                 data.int_add(keys.reservation_total, request.reserve_nano, now)
                 for key in (keys.reservations, keys.reservation_expiry, keys.reservation_total):
                     data.expire(key, hold + 1000, now)
+        if request.hold is not None:
+            self._holds[ticket] = (now + hold, request.hold)
         return AdmitResult(
             outcome="ok",
             version=version,
@@ -355,6 +360,10 @@ class MemoryStateStore(StateStore):
 
     def _settle(self, request: SettleRequest) -> SettleResult:
         data, now, ticket = self._data, _now_ms(), request.ticket
+        if request.hold_mode == "owner" and ticket in self._holds_done:
+            return SettleResult(outcome="gone")
+        if request.hold_mode == "sweeper" and ticket not in self._holds:
+            return SettleResult(outcome="gone")
         if request.cost_nano > 0 and not request.allow_missing:
             missing = tuple(
                 index
@@ -364,6 +373,10 @@ class MemoryStateStore(StateStore):
             if missing:
                 return SettleResult(outcome="seed", missing=missing)
 
+        if request.hold_mode:
+            self._holds.pop(ticket, None)
+            if request.hold_mode == "sweeper":
+                self._holds_done[ticket] = now
         spend: list[SpendChange | None] = []
         for scope in request.scopes:
             keys = scope.keys
@@ -536,6 +549,53 @@ class MemoryStateStore(StateStore):
             now = _now_ms()
             return [len(self._inflight_live(key, now)) for key in keys]
 
+    # -- durable holds ----------------------------------------------------------------------
+    async def holds_expired(self, *, limit: int) -> list[tuple[str, bytes]]:
+        with self._lock:
+            now = _now_ms()
+            due = sorted(
+                (deadline, ticket)
+                for ticket, (deadline, _) in self._holds.items()
+                if deadline <= now
+            )
+            return [(ticket, self._holds[ticket][1]) for _, ticket in due[:limit]]
+
+    async def holds_open_count(self) -> int:
+        with self._lock:
+            return len(self._holds)
+
+    async def holds_done_prune(self, *, older_than_ms: int) -> int:
+        with self._lock:
+            upto = _now_ms() - older_than_ms
+            old = [t for t, at in self._holds_done.items() if at <= upto]
+            for ticket in old:
+                del self._holds_done[ticket]
+            return len(old)
+
+    # -- idempotency records ---------------------------------------------------------------
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        return f"gw:idem:{key_id}:{token}"
+
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        with self._lock:
+            now = _now_ms()
+            if self._data._live(name, now):
+                return self._data.values[name]  # type: ignore[return-value]
+            self._data.values[name] = value
+            self._data.expire(name, ttl_ms, now)
+            return None
+
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        with self._lock:
+            now = _now_ms()
+            self._data.values[name] = value
+            self._data.expire(name, ttl_ms, now)
+
+    async def idempotency_release(self, *, name: str) -> None:
+        with self._lock:
+            self._data.values.pop(name, None)
+            self._data.expiry.pop(name, None)
+
     def flush(self) -> None:
         """Forget all counters (what FLUSHDB does to Redis): tests of the rebuild path."""
         with self._lock:
@@ -543,3 +603,5 @@ class MemoryStateStore(StateStore):
             self._breakers.clear()
             self._ewma.clear()
             self._inflight.clear()
+            self._holds = {}
+            self._holds_done = {}

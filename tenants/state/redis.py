@@ -116,6 +116,11 @@ class RedisStateStore(StateStore):
         # id(scope) -> (scope, keys, limits); the scope itself is kept so its id stays unique.
         self._fragments: dict[int, tuple[ScopeLimits, bytes, bytes]] = {}
         self._version_fragment = bulk(self.version_key.encode())
+        self.holds_key = f"{self.prefix}holds"
+        self.holds_payload_key = f"{self.prefix}holds:p"
+        self.holds_done_key = f"{self.prefix}holds:done"
+        self._holds_fragment = bulk(self.holds_key.encode()) + bulk(self.holds_payload_key.encode())
+        self._holds_done_fragment = bulk(self.holds_done_key.encode())
         self._stream_fragment = bulk(self.stream.encode())
 
     # -- connections ---------------------------------------------------------------------
@@ -228,9 +233,12 @@ class RedisStateStore(StateStore):
             head.append(keys_fragment)
             args.append(limits_fragment)
         n_scopes = len(request.scopes)
-        reply = await self._evalsha_fast(
-            self._admit, head, args, n_keys=1 + 9 * n_scopes, n_args=6 + 4 * n_scopes
-        )
+        n_keys, n_args = 1 + 9 * n_scopes, 6 + 4 * n_scopes
+        if request.hold is not None:
+            head.append(self._holds_fragment)
+            args.append(bulk(request.hold))
+            n_keys, n_args = n_keys + 2, n_args + 1
+        reply = await self._evalsha_fast(self._admit, head, args, n_keys=n_keys, n_args=n_args)
         status, version = int(reply[0]), reply[1].decode()
         if status == 1:
             return AdmitResult(
@@ -269,9 +277,14 @@ class RedisStateStore(StateStore):
             head.append(keys_fragment)
             args.append(limits_fragment)
         n_scopes = len(request.scopes)
-        reply = await self._evalsha_fast(
-            self._settle, head, args, n_keys=1 + 9 * n_scopes, n_args=7 + 4 * n_scopes
-        )
+        n_keys, n_args = 1 + 9 * n_scopes, 7 + 4 * n_scopes
+        if request.hold_mode:
+            head.append(self._holds_fragment + self._holds_done_fragment)
+            args.append(bulk(request.hold_mode.encode()))
+            n_keys, n_args = n_keys + 3, n_args + 1
+        reply = await self._evalsha_fast(self._settle, head, args, n_keys=n_keys, n_args=n_args)
+        if int(reply[0]) == 3:
+            return SettleResult(outcome="gone")
         if int(reply[0]) == 1:
             return SettleResult(outcome="seed", missing=tuple(int(i) - 1 for i in reply[2:]))
         spend: list[SpendChange | None] = []
@@ -379,6 +392,47 @@ class RedisStateStore(StateStore):
         if not keys:
             return []
         return [int(v) for v in await self._evalsha(self._inflight, keys, ["count"])]
+
+    # -- durable holds ----------------------------------------------------------------------
+    async def holds_expired(self, *, limit: int) -> list[tuple[str, bytes]]:
+        client = self.client()
+        now_s, now_us = await client.time()
+        now_ms = int(now_s) * 1000 + int(now_us) // 1000
+        tickets = await client.zrangebyscore(self.holds_key, "-inf", now_ms, start=0, num=limit)
+        if not tickets:
+            return []
+        payloads = await client.hmget(self.holds_payload_key, tickets)
+        return [(t.decode(), p or b"") for t, p in zip(tickets, payloads, strict=True)]
+
+    async def holds_open_count(self) -> int:
+        return int(await self.client().zcard(self.holds_key))
+
+    async def holds_done_prune(self, *, older_than_ms: int) -> int:
+        client = self.client()
+        now_s, _ = await client.time()
+        upto = int(now_s) * 1000 - older_than_ms
+        return int(await client.zremrangebyscore(self.holds_done_key, "-inf", upto))
+
+    # -- idempotency records ---------------------------------------------------------------
+    def idempotency_name(self, *, key_id: int, token: str) -> str:
+        return f"{self.prefix}idem:{key_id}:{token}"
+
+    async def idempotency_claim(self, *, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        client = self.client()
+        for _ in range(3):
+            if await client.set(name, value, nx=True, px=max(1, int(ttl_ms))):
+                return None
+            existing = await client.get(name)
+            if existing is not None:
+                return existing
+            # It expired between the two calls: try to take it again.
+        return None if await client.set(name, value, px=max(1, int(ttl_ms))) else b""
+
+    async def idempotency_store(self, *, name: str, value: bytes, ttl_ms: int) -> None:
+        await self.client().set(name, value, px=max(1, int(ttl_ms)))
+
+    async def idempotency_release(self, *, name: str) -> None:
+        await self.client().delete(name)
 
     def config_version_bump(self) -> str:
         client = self.sync_client()

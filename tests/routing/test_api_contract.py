@@ -193,11 +193,26 @@ async def test_body_over_the_limit_gets_413(catalog, settings):
     _assert_openai_error(response, 413, "request_too_large")
 
 
-async def test_every_refused_request_after_parsing_leaves_exactly_one_usage_event(catalog):
+async def test_every_refused_request_with_a_known_key_leaves_exactly_one_usage_event(catalog):
+    """Bad JSON, a schema error, an unknown model and a model outside the allow-list each
+    leave one `rejected` event; a wrong key leaves none (a stranger writes no rows)."""
     client = AsyncClient()
+    stranger = await client.post(
+        "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth("gw-wrong")
+    )
+    assert stranger.status_code == 401
     refused = [
         await client.post(
-            "/v1/chat/completions", CHAT, content_type="application/json", headers=_auth("gw-wrong")
+            "/v1/chat/completions",
+            b"{not json",
+            content_type="application/json",
+            headers=_auth(catalog["raw"]),
+        ),
+        await client.post(
+            "/v1/chat/completions",
+            {**CHAT, "temperature": 9},
+            content_type="application/json",
+            headers=_auth(catalog["raw"]),
         ),
         await client.post(
             "/v1/chat/completions",
@@ -212,12 +227,13 @@ async def test_every_refused_request_after_parsing_leaves_exactly_one_usage_even
             headers=_auth(catalog["limited_raw"]),
         ),
     ]
-    await usage_events_settled(3)
+    await usage_events_settled(4)
     ids = {r["x-request-id"] for r in refused}
     events = [e async for e in UsageEvent.objects.all()]
     assert {e.request_id for e in events} == ids
     assert {e.outcome for e in events} == {"rejected"}
-    assert sorted(e.status_code for e in events) == [401, 403, 404]
+    assert sorted(e.status_code for e in events) == [400, 400, 403, 404]
+    assert stranger["x-request-id"] not in {e.request_id for e in events}
 
 
 async def test_streamed_chat_ends_with_done_and_reports_usage_when_asked(catalog):
@@ -242,10 +258,11 @@ async def test_streamed_chat_ends_with_done_and_reports_usage_when_asked(catalog
     assert event.stream and event.outcome == "ok"
 
 
-async def test_request_id_from_the_client_is_kept_and_health_answers(catalog):
+async def test_request_id_from_the_client_is_echoed_apart_and_health_answers(catalog):
     client = AsyncClient()
     response = await client.get("/health", headers={"X-Request-Id": "abc-123"})
-    assert response.status_code == 200 and response["x-request-id"] == "abc-123"
+    assert response.status_code == 200 and response["x-client-request-id"] == "abc-123"
+    assert response["x-request-id"].startswith("req_")
     ready = await client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
 

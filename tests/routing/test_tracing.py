@@ -23,7 +23,8 @@ from providers.http import outbound_headers
 from providers.models import ProviderKind
 from providers.types import ChatRequest
 from routing import tracing
-from routing.services import inference_call_open
+from routing.inference import inference_call_open
+from routing.ingress import Ingress
 from routing.snapshot import snapshot_get
 from tenants.selectors import api_key_policy_get
 from tests.routing.support import fake_provider, mock_provider, model_on, route, tenant_key
@@ -156,19 +157,21 @@ async def _one_request(route_name: str, raw: str, *, stream: bool = False):
     chat = ChatRequest(
         model=route_name, messages=[{"role": "user", "content": "hello"}], stream=stream
     )
-    call = await inference_call_open(
+    ingress = Ingress(
         request_id="req_trace_1",
+        client_request_id="",
+        started=time.perf_counter(),
+        endpoint="chat",
         policy=policy,
         route=snapshot.resolve(route_name),
-        chat=chat,
-        endpoint="chat",
+        route_name=route_name,
     )
+    call = await inference_call_open(ingress=ingress, chat=chat)
     if stream:
-        async for _ in call.stream(chat):
+        async for _ in call.run_stream(chat):
             pass
     else:
-        await call.complete(chat)
-    await call.finish(status_code=200, outcome="ok")
+        await call.run_complete(chat)
     return call
 
 

@@ -230,3 +230,42 @@ def test_reset_durations_are_written_like_openai():
     assert duration_format(1500) == "1.5s"
     assert duration_format(60_000) == "1m0s"
     assert duration_format(61_250) == "1m1.25s"
+
+
+async def test_a_database_error_while_reseeding_at_settlement_does_not_escape(backend):
+    """Redis lost the counter mid-request and PostgreSQL cannot rebuild it right now: the
+    settlement still releases the slot (charging the counters that exist) instead of raising
+    out of the request's finish."""
+    from django.db import OperationalError
+
+    from tenants.admission import spend_loader_set
+
+    _, key, raw = await make_key(budget_usd=Decimal("10"), max_concurrency=1)
+    policy = await api_key_policy_get(raw_key=raw)
+    spend_loader_set(_zero_loader)
+    try:
+        admission = await admit(policy, prompt=1, max_out=1)
+        if hasattr(backend, "flush"):
+            backend.flush()
+        else:
+            import redis as redis_sync
+            from django.conf import settings
+
+            redis_sync.Redis.from_url(settings.REDIS_URL).delete(admission.scopes[0].keys.spend)
+
+        async def broken(**kwargs):
+            raise OperationalError("database is away")
+
+        spend_loader_set(broken)
+        await request_settle(
+            admission=admission, cost_usd=Decimal(1), tokens_used=2, usage_event={}
+        )
+        spend_loader_set(_zero_loader)
+        # The slot is free: the next request is admitted.
+        await admit(policy, prompt=0, max_out=0, request_id="req_2")
+    finally:
+        spend_loader_set(None)
+
+
+async def _zero_loader(**kwargs):
+    return Decimal(0)

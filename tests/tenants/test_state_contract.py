@@ -69,7 +69,9 @@ def admit_req(scopes, *, ticket=None, tokens=10, reserve=0, hold_ms=HOLD_MS, win
     )
 
 
-def settle_req(admitted: AdmitRequest, *, tokens=0, cost=0, release=False, allow_missing=False):
+def settle_req(
+    admitted: AdmitRequest, *, tokens=0, cost=0, release=False, allow_missing=False, hold_mode=""
+):
     return SettleRequest(
         ticket=admitted.ticket,
         tokens=tokens,
@@ -78,6 +80,7 @@ def settle_req(admitted: AdmitRequest, *, tokens=0, cost=0, release=False, allow
         scopes=admitted.scopes,
         release=release,
         allow_missing=allow_missing,
+        hold_mode=hold_mode,
     )
 
 
@@ -315,3 +318,52 @@ async def test_budget_never_overshoots_under_concurrent_admissions(store):
     assert len(admitted) == 20
     await asyncio.gather(*(store.settle(settle_req(r, cost=100)) for r in admitted))
     assert await store.spend_get(keys=scopes[0].keys) == 2000
+
+
+async def test_idempotency_record_is_claimed_once_then_kept_and_released(store):
+    name = store.idempotency_name(key_id=next(_ids), token="t" * 64)
+    assert await store.idempotency_claim(name=name, value=b"pending", ttl_ms=60_000) is None
+    assert await store.idempotency_claim(name=name, value=b"other", ttl_ms=60_000) == b"pending"
+    await store.idempotency_store(name=name, value=b"done", ttl_ms=60_000)
+    assert await store.idempotency_claim(name=name, value=b"other", ttl_ms=60_000) == b"done"
+    await store.idempotency_release(name=name)
+    assert await store.idempotency_claim(name=name, value=b"again", ttl_ms=60_000) is None
+
+
+async def test_idempotency_records_of_two_keys_are_apart_and_expire(store):
+    first = store.idempotency_name(key_id=next(_ids), token="same")
+    second = store.idempotency_name(key_id=next(_ids), token="same")
+    assert first != second
+    assert await store.idempotency_claim(name=first, value=b"a", ttl_ms=50) is None
+    assert await store.idempotency_claim(name=second, value=b"b", ttl_ms=60_000) is None
+    await asyncio.sleep(0.1)
+    assert await store.idempotency_claim(name=first, value=b"c", ttl_ms=60_000) is None
+
+
+async def test_a_hold_record_ends_once_by_its_owner_or_by_the_sweeper(store):
+    scopes = pair(store, {"max_concurrency": 1})
+    owned = admit_req(scopes)
+    owned = AdmitRequest(**{**_fields(owned), "hold": b"payload-1"})
+    assert (await store.admit(owned)).outcome == "ok"
+    assert await store.holds_open_count() == 1
+    result = await store.settle(settle_req(owned, hold_mode="owner"))
+    assert result.outcome == "ok"
+    assert await store.holds_open_count() == 0
+    # A hold whose deadline passed is listed for the sweeper, ended once, and its owner's
+    # late settlement changes nothing.
+    late = AdmitRequest(**{**_fields(admit_req(scopes, hold_ms=50)), "hold": b"payload-2"})
+    assert (await store.admit(late)).outcome == "ok"
+    await asyncio.sleep(0.1)
+    assert await store.holds_expired(limit=10) == [(late.ticket, b"payload-2")]
+    swept = await store.settle(settle_req(late, hold_mode="sweeper"))
+    assert swept.outcome == "ok"
+    again = await store.settle(settle_req(late, hold_mode="sweeper"))
+    owner = await store.settle(settle_req(late, hold_mode="owner"))
+    assert again.outcome == owner.outcome == "gone"
+    assert await store.holds_expired(limit=10) == []
+    assert (await store.admit(admit_req(scopes))).outcome == "ok"  # the slot is free
+    assert await store.holds_done_prune(older_than_ms=0) == 1
+
+
+def _fields(request: AdmitRequest) -> dict:
+    return {name: getattr(request, name) for name in AdmitRequest.__slots__}

@@ -10,7 +10,7 @@ from decimal import Decimal
 from providers.catalog import catalog_load
 from providers.pricing import cost_usd
 from providers.types import Usage
-from routing.services import AttemptRecord, InferenceCall, usage_event_payload
+from routing.inference import AttemptRecord, InferenceCall, usage_event_payload
 from routing.snapshot import ResolvedRoute, Target
 from tenants.models import ApiKey
 from tenants.selectors import key_policy_from

@@ -228,6 +228,14 @@ for i = 1, n do
   end
 end
 
+-- Durable hold (optional): KEYS[2 + 9n] open holds zset (ticket -> deadline ms), KEYS[3 + 9n]
+-- their payloads (ticket -> what the sweeper needs to end the hold and write its event),
+-- ARGV[7 + 4n] the payload. See tenants/state/base.py (holds).
+if #KEYS >= 3 + 9 * n and ARGV[7 + 4 * n] then
+  redis.call('ZADD', KEYS[2 + 9 * n], now + hold, ticket)
+  redis.call('HSET', KEYS[3 + 9 * n], ticket, ARGV[7 + 4 * n])
+end
+
 -- This request is now the newest entry of every window it counts in: each window resets
 -- when the current bucket leaves it, and the counts are the checks' plus this request.
 local function admitted_info(kind)

@@ -31,6 +31,18 @@ local function window_correct(h, bucket, amount)
   if redis.call('HINCRBY', h, 'n', amount) < 0 then redis.call('HSET', h, 'n', 0) end
 end
 
+-- Durable holds (optional): KEYS[2 + 9n] open holds zset, KEYS[3 + 9n] their payloads,
+-- KEYS[4 + 9n] holds ended by the sweeper (ticket -> ms); ARGV[8 + 4n] 'owner' | 'sweeper'.
+-- A hold ends exactly once: the owner's settlement after the sweeper's (or the sweeper's
+-- after the owner's) changes nothing and returns {3, 0}.
+local holds = #KEYS >= 4 + 9 * n and ARGV[8 + 4 * n] or ''
+if holds == 'owner' and redis.call('ZSCORE', KEYS[4 + 9 * n], ticket) then
+  return {3, 0}
+end
+if holds == 'sweeper' and not redis.call('ZSCORE', KEYS[2 + 9 * n], ticket) then
+  return {3, 0}
+end
+
 local function decr(k, amount)
   if amount ~= 0 and redis.call('INCRBY', k, -amount) < 0 then
     redis.call('SET', k, 0, 'KEEPTTL')
@@ -50,6 +62,15 @@ if cost > 0 and not allow_missing then
     local out = {1, 0}
     for _, i in ipairs(missing) do out[#out + 1] = i end
     return out
+  end
+end
+
+if holds ~= '' then
+  redis.call('ZREM', KEYS[2 + 9 * n], ticket)
+  redis.call('HDEL', KEYS[3 + 9 * n], ticket)
+  if holds == 'sweeper' then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[4 + 9 * n], tonumber(t[1]) * 1000, ticket)
   end
 end
 

@@ -1,4 +1,4 @@
-"""`POST /api/v1/generate`: prompt in, text out. A convenience for scripts and dashboards that
+"""The gateway's native shape. `POST /api/v1/generate`: prompt in, text out. A convenience for scripts and dashboards that
 do not want the chat shape; it runs the same path as `/v1/chat/completions` (key, route,
 admission, strategy, one usage event) and answers errors in the same OpenAI shape.
 
@@ -12,28 +12,21 @@ an upstream failure after the first byte arrives in-band as `data: {"error": {..
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import orjson
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from ninja import Schema
+from django.http import HttpRequest
+from ninja import Router, Schema
 from pydantic import ConfigDict, Field
 
 from providers.types import ChatRequest, Chunk, ProviderError, Usage
-from routing.api import _reject, _request_id, api, authenticate, resolve_route
-from routing.errors import (
-    GatewayError,
-    error_response,
-    gateway_error_from_admission,
-    gateway_error_from_provider,
-)
+from routing.errors import GatewayError
+from routing.inference import InferenceCall, inference_call_open
+from routing.ingress import call_respond, ingress_open, ingress_reject, ingress_start
 from routing.schemas import ErrorOut
-from routing.services import InferenceCall, inference_call_open
 from routing.sse import DONE, sse_event
-from routing.streaming import keepalive_interval, sse_stream, stream_headers, stream_start
-from tenants.admission import AdmissionDenied
+
+router = Router(tags=["Native"])
 
 ENDPOINT = "generate"
 
@@ -120,7 +113,7 @@ class GenerateStreamEncoder:
         return final + DONE
 
 
-@api.post(
+@router.post(
     "/api/v1/generate",
     response={
         200: GenerateOut,
@@ -133,65 +126,37 @@ class GenerateStreamEncoder:
         504: ErrorOut,
     },
     summary="Generate text from a prompt (SSE when stream=true)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GenerateIn.model_json_schema()}},
+        }
+    },
 )
-async def generate(request: HttpRequest, payload: GenerateIn):
-    request.started_at = time.perf_counter()
+async def generate(request: HttpRequest):
+    ingress = ingress_start(request, endpoint=ENDPOINT)
     try:
-        policy = await authenticate(request)
-        route = await resolve_route(request, policy, payload.model)
+        payload: GenerateIn = await ingress_open(ingress, request, parse=GenerateIn)
         chat = chat_request_from_prompt(payload)
-        call = await inference_call_open(
-            request_id=_request_id(request),
-            policy=policy,
-            route=route,
-            chat=chat,
-            endpoint=ENDPOINT,
-        )
+        call = await inference_call_open(ingress=ingress, chat=chat)
     except GatewayError as error:
-        return await _reject(request, error, endpoint=ENDPOINT)
-    except AdmissionDenied as denied:
-        return await _reject(request, gateway_error_from_admission(denied), endpoint=ENDPOINT)
-
+        return await ingress_reject(ingress, error)
     generation_id = f"gen-{uuid.uuid4().hex[:24]}"
-    if chat.stream:
-        try:
-            pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
-        except ProviderError as exc:
-            error = gateway_error_from_provider(exc)
-            await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
-            return error_response(error, call.gateway_headers())
-        encoder = GenerateStreamEncoder(generation_id=generation_id, model=payload.model)
-        response = StreamingHttpResponse(
-            sse_stream(call=call, pump=pump, encoder=encoder), content_type="text/event-stream"
-        )
-        for name, value in stream_headers(call).items():
-            response[name] = value
-        return response
-
-    try:
-        result = await call.complete(chat)
-    except ProviderError as exc:
-        error = gateway_error_from_provider(exc)
-        await call.finish(status_code=error.status, outcome="error", error_type=exc.code)
-        return error_response(error, call.gateway_headers())
-    except asyncio.CancelledError:
-        await asyncio.shield(
-            call.finish(status_code=499, outcome="cancelled", error_type="client_disconnected")
-        )
-        raise
-    await call.finish(status_code=200, outcome="ok")
-    body = {
-        "id": generation_id,
-        "model": payload.model,
-        "text": result.content or "",
-        "finish_reason": result.finish_reason,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-            "total_tokens": result.usage.total_tokens,
+    model = payload.model
+    return await call_respond(
+        ingress,
+        call,
+        chat,
+        body=lambda result: {
+            "id": generation_id,
+            "model": model,
+            "text": result.content or "",
+            "finish_reason": result.finish_reason,
+            "usage": {
+                "prompt_tokens": result.usage.prompt_tokens,
+                "completion_tokens": result.usage.completion_tokens,
+                "total_tokens": result.usage.total_tokens,
+            },
         },
-    }
-    response = HttpResponse(orjson.dumps(body), content_type="application/json")
-    for name, value in call.gateway_headers().items():
-        response[name] = value
-    return response
+        encoder=lambda: GenerateStreamEncoder(generation_id=generation_id, model=model),
+    )
