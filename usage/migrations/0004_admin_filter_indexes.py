@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0002_rollups_retention'),
+        ('usage', '0003_event_client_request_id_and_outcomes'),
     ]
 
     operations = [
