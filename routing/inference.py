@@ -52,7 +52,7 @@ from routing.breakers import (
 )
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
-from routing.metrics import request_observe
+from routing.metrics import request_observe, request_refused
 from routing.params import price_changing_params_refuse
 from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
@@ -816,19 +816,28 @@ async def rejected_request_record(
     counted in the request metric; with a known key it leaves exactly one usage event. A
     request without a usable key leaves no row (metrics and logs only): a stranger must not
     be able to write into a tenant's records."""
-    request_observe(
-        endpoint=endpoint,
-        route=route_name[:128] if policy is not None else "",
-        model="",
-        outcome=outcome,
-        status=status_code,
-        tokens_in=0,
-        tokens_out=0,
-        cost_usd=0.0,
-        latency_s=max(0.0, time.perf_counter() - started),
-        ttft_s=None,
-        fallbacks=0,
-    )
+    if outcome == "rejected":
+        # Counted by error code too (gateway_refusals_total), and in the request counters.
+        request_refused(
+            endpoint=endpoint,
+            code=error_type,
+            status=status_code,
+            latency_s=max(0.0, time.perf_counter() - started),
+        )
+    else:
+        request_observe(
+            endpoint=endpoint,
+            route=route_name[:128] if policy is not None else "",
+            model="",
+            outcome=outcome,
+            status=status_code,
+            tokens_in=0,
+            tokens_out=0,
+            cost_usd=0.0,
+            latency_s=max(0.0, time.perf_counter() - started),
+            ttft_s=None,
+            fallbacks=0,
+        )
     realtime_observe(
         tenant_id=policy.tenant_id if policy else None,
         latency_ms=round(max(0.0, time.perf_counter() - started) * 1000, 3),
