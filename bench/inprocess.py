@@ -3,7 +3,7 @@ so the numbers hold on a busy machine. Requests go through `gateway_project.asgi
 (the production ASGI app) on a uvloop loop, one at a time, against the real upstream, Redis and
 PostgreSQL of the environment.
 
-    python bench/inprocess.py KEY [--requests 2000] [--stream] [--profile cprofile|none]
+    python bench/inprocess.py KEY [--requests 2000] [--stream] [--cache] [--profile cprofile|none]
 
 Needs the benchmark catalog (bench/setup_gateway.py) and the mock upstream running
 (../shared/bench/start-upstream.sh start). Prints CPU microseconds per request (process time,
@@ -38,19 +38,20 @@ def rss_mb() -> float:
     return 0.0
 
 
-async def one(key: str, stream: bool, model: str) -> None:
+async def one(key: str, stream: bool, model: str, cache: bool = False) -> None:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 16,
         "stream": stream,
     }
+    headers = {"authorization": f"Bearer {key}"}
+    if cache:
+        # Every request after the first is a response-cache hit (no upstream call).
+        body["temperature"] = 0
+        headers["x-gateway-cache"] = "use"
     response = await asgi_request(
-        application,
-        "POST",
-        "/v1/chat/completions",
-        headers={"authorization": f"Bearer {key}"},
-        json=body,
+        application, "POST", "/v1/chat/completions", headers=headers, json=body
     )
     if response.status != 200:
         raise SystemExit(f"request failed: {response.status} {response.body[:300]!r}")
@@ -58,19 +59,19 @@ async def one(key: str, stream: bool, model: str) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     for _ in range(50):  # warm caches, pools, the Lua scripts
-        await one(args.key, args.stream, args.model)
+        await one(args.key, args.stream, args.model, args.cache)
     profiler = cProfile.Profile() if args.profile == "cprofile" else None
     times0, wall0 = os.times(), time.perf_counter()
     if profiler:
         profiler.enable()
     for _ in range(args.requests):
-        await one(args.key, args.stream, args.model)
+        await one(args.key, args.stream, args.model, args.cache)
     if profiler:
         profiler.disable()
     times1, wall = os.times(), time.perf_counter() - wall0
     user, system = times1.user - times0.user, times1.system - times0.system
     cpu = user + system
-    mode = "stream" if args.stream else "json"
+    mode = ("stream" if args.stream else "json") + (" cache-hit" if args.cache else "")
     print(
         f"{mode}: {args.requests} requests, CPU {cpu / args.requests * 1e6:.0f} us/request "
         f"(user {user / args.requests * 1e6:.0f}, system {system / args.requests * 1e6:.0f}), "
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("key")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--cache", action="store_true", help="ask for the response cache: every request hits"
+    )
     parser.add_argument("--model", default="mock-gpt")
     parser.add_argument("--profile", choices=["cprofile", "none"], default="none")
     parser.add_argument("--top", type=int, default=40)

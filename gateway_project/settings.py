@@ -612,6 +612,8 @@ if GATEWAY_OTEL_ENABLED:
 # Response cache (docs/cache.md): off unless a route or key enables it. It may live in its own
 # Redis; when that store is slow or down, requests are served from upstream (never refused).
 GATEWAY_CACHE_ENABLED = env_bool("GATEWAY_CACHE_ENABLED", True)
+# A request may turn the cache on for itself (`x-gateway-cache: use`), within its own tenant.
+GATEWAY_CACHE_REQUEST_OPT_IN = env_bool("GATEWAY_CACHE_REQUEST_OPT_IN", True)
 GATEWAY_CACHE_REDIS_URL = env_str("GATEWAY_CACHE_REDIS_URL", REDIS_URL)
 GATEWAY_CACHE_TIMEOUT_S = env_float("GATEWAY_CACHE_TIMEOUT_S", 0.25)
 GATEWAY_CACHE_PAUSE_AFTER_ERROR_S = env_float("GATEWAY_CACHE_PAUSE_AFTER_ERROR_S", 1.0)

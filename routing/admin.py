@@ -1,7 +1,9 @@
+from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin
 
 from providers.catalog import catalog_changed
+from routing.cache import response_cache_purge_now
 from routing.models import Route, RouteStep
 from routing.options import RouteOptionsError, route_options_parse
 
@@ -41,9 +43,17 @@ class RouteAdmin(admin.ModelAdmin):
     list_filter = ["strategy", "is_active"]
     search_fields = ["name", "description"]
     inlines = [RouteStepInline]
+    actions = ["purge_response_cache"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("steps__model")
+
+    @admin.action(description="Purge the response cache of the selected routes (every tenant)")
+    def purge_response_cache(self, request, queryset):
+        removed = 0
+        for name in queryset.values_list("name", flat=True):
+            removed += async_to_sync(response_cache_purge_now)(tenant_id=None, route=name)
+        self.message_user(request, f"Purged {removed} cached answers.")
 
     @admin.display(description="Fallback chain")
     def chain(self, obj: Route) -> str:

@@ -47,6 +47,19 @@ _IGNORED_EXTRA_FIELDS = frozenset(
 
 
 # -- policy and per-request directives ---------------------------------------------------------
+CACHE_OPTION_NAMES = frozenset(
+    {
+        "enabled",
+        "ttl_s",
+        "max_temperature",
+        "price_fraction",
+        "per_key",
+        "semantic",
+        "similarity_threshold",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
     """What a route (or key) allows. `price_fraction` is the share of the original cost a hit
@@ -135,9 +148,14 @@ def cache_decision(
     key_allows: bool,
     temperature: float | None,
 ) -> CacheDecision:
-    """Whether this request reads and writes the cache. The operator enables it (route or key);
-    the client may then opt a single request in past the temperature threshold, or out."""
-    enabled = settings.GATEWAY_CACHE_ENABLED and (policy.enabled or key_allows)
+    """Whether this request reads and writes the cache. A route or key enables it, or one
+    request with `x-gateway-cache: use` (unless GATEWAY_CACHE_REQUEST_OPT_IN is off); the
+    client may opt a request past the temperature threshold (`use`), or out."""
+    enabled = settings.GATEWAY_CACHE_ENABLED and (
+        policy.enabled
+        or key_allows
+        or (directive.mode == "use" and settings.GATEWAY_CACHE_REQUEST_OPT_IN)
+    )
     if not enabled or directive.mode == "bypass":
         return CacheDecision(read=False, write=False, ttl_s=0, reason="bypass")
     too_creative = (
@@ -710,6 +728,67 @@ async def response_cache_purge(
     for tenant in tenant_ids:
         total += await cache.purge(tenant_id=tenant, route=route, key_id=key_id)
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWrite:
+    """Where a call's fresh answer goes when it ends ok (exact entry, and semantic vector)."""
+
+    scope: CacheScope
+    digest: str
+    ttl_s: int
+    semantic: tuple[str, str, Any] | None  # (bucket, question, vector)
+
+
+async def response_cache_store(
+    *,
+    scope: CacheScope,
+    digest: str,
+    answer: CachedAnswer,
+    ttl_s: int,
+    semantic: tuple[str, str, Any] | None,
+) -> None:
+    cache = response_cache()
+    stored = await cache.store_answer(scope=scope, digest=digest, answer=answer, ttl_s=ttl_s)
+    if stored and semantic is not None and semantic[2] is not None:
+        bucket, question, vector = semantic
+        await cache.semantic_store(
+            tenant_id=scope.tenant_id,
+            bucket=bucket,
+            digest=digest,
+            question=question,
+            vector=vector,
+            ttl_s=ttl_s,
+        )
+
+
+_background: set[asyncio.Task] = set()
+
+
+def cache_task_spawn(coro) -> None:
+    """Run a cache write off the request's path, keeping a reference until it ends; a failure
+    is logged, never raised to anyone."""
+
+    async def guarded() -> None:
+        try:
+            await coro
+        except Exception:  # noqa: BLE001 - a cache write never fails a request
+            logger.warning("cache.store_failed", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(guarded())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def response_cache_purge_now(
+    *, tenant_id: int | None, route: str | None = None, key_id: int | None = None
+) -> int:
+    """response_cache_purge from a sync caller's private loop (admin, API, command): its
+    Redis connections are closed before that loop ends."""
+    try:
+        return await response_cache_purge(tenant_id=tenant_id, route=route, key_id=key_id)
+    finally:
+        await response_cache().store.close()
 
 
 _cache: ResponseCache | None = None

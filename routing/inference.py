@@ -50,9 +50,31 @@ from routing.breakers import (
     breaker_record,
     circuit_open_error,
 )
+from routing.cache import (
+    CachedAnswer,
+    CacheDirective,
+    CacheScope,
+    CacheUnavailable,
+    cache_decision,
+    cache_hit_charge,
+    cache_key,
+    cache_task_spawn,
+    response_cache,
+    response_cache_store,
+    semantic_context,
+)
+from routing.cache import (
+    CacheWrite as _CacheWrite,
+)
+from routing.cache_embedding import EmbedderUnavailable, embedder_get
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
-from routing.metrics import request_observe, request_refused
+from routing.metrics import (
+    cache_observe,
+    request_observe,
+    request_refused,
+    response_cache_savings_observe,
+)
 from routing.params import price_changing_params_refuse
 from routing.snapshot import ResolvedRoute, Target
 from routing.strategies import strategy_order
@@ -153,6 +175,7 @@ class InferenceCall:
         self._tools: list[dict[str, Any]] | None = None
         self._streamed_text: list[str] = []
         self._streamed_tool_args: list[str] = []
+        self._stream_finish_reason: str | None = None
         self._response: ChatResponse | None = None
         self._embedding_inputs: list | None = None
         # The attempt on the wire right now, and the last one the upstream may bill for (it
@@ -161,6 +184,16 @@ class InferenceCall:
         self._dispatched_unanswered: Target | None = None
         # The Idempotency-Key record this call holds (released unless it ends ok).
         self.idempotency: IdempotencyClaim | None = None
+        # The response cache (routing/cache.py): what this call's answer says about it ("" when
+        # the route does not cache), the answer it serves instead of calling upstream, and
+        # where a fresh answer goes once the call ends ok.
+        self.cache_state = ""
+        self.cache_age_s: int | None = None
+        self.cache_similarity: float | None = None
+        self.cache_saved: Decimal = Decimal(0)
+        self._cached: CachedAnswer | None = None
+        self._cache_target: Target | None = None
+        self._cache_write: _CacheWrite | None = None
         self.trace = tracing.request_span(
             endpoint=endpoint,
             model=route.name,
@@ -287,7 +320,158 @@ class InferenceCall:
         headers["x-gateway-route"] = self.route.name
         headers["x-gateway-fallbacks"] = str(self.fallbacks)
         headers["x-gateway-cost-usd"] = format(self.cost, "f")
+        if self.cache_state:
+            headers["x-gateway-cache"] = self.cache_state
+            if self.cache_age_s is not None:
+                headers["age"] = str(self.cache_age_s)
+            if self.cache_similarity is not None:
+                headers["x-gateway-cache-similarity"] = f"{self.cache_similarity:.4f}"
         return headers
+
+    # -- the response cache ------------------------------------------------------------
+    async def cache_prepare(self, *, chat: ChatRequest, directive: CacheDirective) -> None:
+        """Look the request up in the response cache when its route (or the request) turns
+        the cache on: a hit is served by complete()/stream() with no upstream call; a miss
+        notes where the fresh answer goes. A cache store that is down or slow is stepped
+        around (x-gateway-cache: bypass), never a failure."""
+        policy = self.route.options.cache
+        decision = cache_decision(
+            policy=policy, directive=directive, key_allows=False, temperature=chat.temperature
+        )
+        if not (decision.read or decision.write):
+            if policy.enabled or directive.mode != "default":
+                self.cache_state = "bypass"
+            return
+        if chat.native is not None or (chat.extra.get("n") or 1) != 1:
+            # Native pass-through answers and several choices are not rebuilt from the cache.
+            self.cache_state = "bypass"
+            return
+        scope = CacheScope(
+            tenant_id=self.policy.tenant_id,
+            key_id=self.policy.key_id if policy.per_key else None,
+            route=self.route.name,
+        )
+        identities = [
+            (t.model.id, t.model.upstream_model, t.provider.kind, t.provider.base_url)
+            for t in self.route.targets
+        ]
+        digest = cache_key(
+            scope=scope, endpoint=self.endpoint, chat=chat, model_identities=identities
+        )
+        semantic = None
+        if policy.semantic:
+            semantic = semantic_context(
+                scope=scope, endpoint=self.endpoint, chat=chat, model_identities=identities
+            )
+        cache = response_cache()
+        vector = None
+        try:
+            if decision.read:
+                answer = await cache.lookup(tenant_id=scope.tenant_id, digest=digest)
+                similarity = None
+                if answer is None and semantic is not None:
+                    vector = await asyncio.to_thread(embedder_get().embed, semantic[1])
+                    found = await cache.semantic_lookup(
+                        tenant_id=scope.tenant_id,
+                        bucket=semantic[0],
+                        question=semantic[1],
+                        vector=vector,
+                        threshold=policy.similarity_threshold,
+                    )
+                    if found is not None:
+                        answer, similarity = found
+                target = answer and next(
+                    (
+                        t
+                        for t in self.route.targets
+                        if (t.model.id, t.provider.id) == (answer.model_id, answer.provider_id)
+                    ),
+                    None,
+                )
+                if answer is not None and target is not None:
+                    self._cached, self._cache_target = answer, target
+                    self.cache_state = "hit" if similarity is None else "semantic-hit"
+                    self.cache_age_s = answer.age_s()
+                    self.cache_similarity = similarity
+                    cache_observe(cache="response", hit=True)
+                    return
+                cache_observe(cache="response", hit=False)
+            self.cache_state = "miss"
+        except (CacheUnavailable, EmbedderUnavailable) as exc:
+            logger.warning("cache.bypassed", extra={"reason": type(exc).__name__})
+            self.cache_state = "bypass"
+            return
+        if decision.write:
+            if semantic is not None and vector is None:
+                try:
+                    vector = await asyncio.to_thread(embedder_get().embed, semantic[1])
+                except EmbedderUnavailable:
+                    semantic = None
+            self._cache_write = _CacheWrite(
+                scope=scope,
+                digest=digest,
+                ttl_s=decision.ttl_s,
+                semantic=(semantic[0], semantic[1], vector) if semantic else None,
+            )
+
+    def _cached_response(self) -> ChatResponse:
+        assert self._cached is not None and self._cache_target is not None
+        self.served = self._cache_target
+        self.usage = self._cached.usage
+        self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        response = self._cached.as_response(response_id=f"chatcmpl-{random.getrandbits(116):029x}")
+        self._response = response
+        return response
+
+    def _cached_chunks(self) -> list[Chunk]:
+        answer = self._cached
+        assert answer is not None
+        self._cached_response()
+        chunks = [Chunk(role="assistant", content=answer.content or None)]
+        if answer.tool_calls:
+            chunks.append(
+                Chunk(tool_calls=[{"index": i, **call} for i, call in enumerate(answer.tool_calls)])
+            )
+        # As OpenAI streams it: the finish, then usage alone (dropped unless asked for).
+        chunks.append(Chunk(finish_reason=answer.finish_reason))
+        chunks.append(Chunk(usage=answer.usage))
+        return chunks
+
+    def _cache_store_fresh(self, usage: Usage) -> None:
+        """The call ended ok: keep its answer for the next identical request, off the
+        request's path (a task; a failed write only logs)."""
+        write = self._cache_write
+        self._cache_write = None
+        if write is None or self.served is None or usage.estimated:
+            return
+        if self._response is not None:
+            content, tool_calls = self._response.content, self._response.tool_calls
+            finish_reason = self._response.finish_reason
+        elif not self._streamed_tool_args:
+            content, tool_calls = "".join(self._streamed_text), None
+            finish_reason = self._stream_finish_reason or "stop"
+        else:
+            return  # a streamed tool call is not reassembled for the cache
+        answer = CachedAnswer(
+            content=content,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            usage=usage,
+            model=self.served.model.name,
+            model_id=self.served.model.id,
+            provider_id=self.served.provider.id,
+            cost_usd=self.cost,
+            stored_at=time.time(),
+        )
+        cache_task_spawn(
+            response_cache_store(
+                scope=write.scope,
+                digest=write.digest,
+                answer=answer,
+                ttl_s=write.ttl_s,
+                semantic=write.semantic,
+            )
+        )
 
     @property
     def fallbacks(self) -> int:
@@ -365,6 +549,8 @@ class InferenceCall:
         return "next"
 
     async def complete(self, chat: ChatRequest) -> ChatResponse:
+        if self._cached is not None:
+            return self._cached_response()
         last_error: ProviderError | None = None
         skip_target: Target | None = None
         async for target, retry_index in self._attempts():
@@ -401,6 +587,11 @@ class InferenceCall:
     async def stream(self, chat: ChatRequest) -> AsyncIterator[Chunk]:
         """Chunks of the first target that starts answering; fallbacks happen only before the
         first chunk, since after it the client has seen this target's output."""
+        if self._cached is not None:
+            for chunk in self._cached_chunks():
+                self._observe(chunk)
+                yield chunk
+            return
         last_error: ProviderError | None = None
         skip_target: Target | None = None
         async for target, retry_index in self._attempts():
@@ -457,6 +648,8 @@ class InferenceCall:
             self._dispatched_unanswered = target
 
     def _observe(self, chunk: Chunk) -> None:
+        if chunk.finish_reason:
+            self._stream_finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
         if chunk.content:
@@ -634,6 +827,15 @@ class InferenceCall:
                 cache_read_price_per_mtok=target.model.cache_read_price_per_mtok,
                 cache_write_price_per_mtok=target.model.cache_write_price_per_mtok,
             )
+        if self._cached is not None and outcome == "ok":
+            # Served from the response cache: charged per the route's policy (free or a
+            # fraction of what the original call cost), the rest recorded as saved.
+            outcome = "cache_hit"
+            self.cost, self.cache_saved = cache_hit_charge(
+                original_cost=self._cached.cost_usd,
+                price_fraction=self.route.options.cache.price_fraction,
+            )
+            response_cache_savings_observe(route=self.route.name, saved_usd=float(self.cache_saved))
         payload = usage_event_payload(
             call=self, usage=usage, status_code=status_code, outcome=outcome, error_type=error_type
         )
@@ -653,8 +855,10 @@ class InferenceCall:
                 logger.exception("request.settle_failed", extra={"request_id": self.request_id})
         if not stored:
             await usage_event_record(payload=payload)
+        if outcome == "ok":
+            self._cache_store_fresh(usage)
         if self.idempotency is not None:
-            if outcome != "ok":
+            if outcome not in ("ok", "cache_hit"):
                 await idempotency_release(self.idempotency)
             elif self.stream_mode:
                 await idempotency_complete(self.idempotency)
@@ -790,6 +994,7 @@ def usage_event_payload(
         "input_price_per_mtok": str(prices[0]) if prices else "0",
         "output_price_per_mtok": str(prices[1]) if prices else "0",
         "cost_usd": format(call.cost, "f") if call is not None else "0",
+        "response_cache_saved_usd": format(call.cache_saved, "f") if call is not None else "0",
         "latency_ms": round((time.perf_counter() - (started or time.perf_counter())) * 1000, 3),
         "ttft_ms": call.ttft_ms if call is not None else None,
         "status_code": status_code,

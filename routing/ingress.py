@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from providers.types import ChatRequest, ChatResponse, ProviderError
+from routing.cache import CacheDirective, cache_directive_from_headers
 from routing.errors import (
     GatewayError,
     anthropic_error_response,
@@ -63,6 +64,7 @@ Shape = Literal["openai", "anthropic"]
 P = TypeVar("P")
 
 CLIENT_REQUEST_ID_MAX = 128
+NO_DIRECTIVE = CacheDirective()
 
 
 @dataclass(slots=True)
@@ -76,6 +78,8 @@ class Ingress:
     route: ResolvedRoute | None = None
     route_name: str = ""  # what the client asked for, even when it resolves to nothing
     idempotency: IdempotencyClaim | None = None  # the Idempotency-Key record this request holds
+    # Cache-Control / x-gateway-cache / x-gateway-cache-ttl of the request (docs/cache.md).
+    cache_directive: CacheDirective = NO_DIRECTIVE
 
     @property
     def headers(self) -> dict[str, str]:
@@ -102,7 +106,17 @@ def client_request_id_clean(raw: Any) -> str:
 def ingress_start(request: HttpRequest, *, endpoint: str, shape: Shape = "openai") -> Ingress:
     """The context of one HTTP request: ids and clock. Never fails."""
     meta = request.META
+    directive = NO_DIRECTIVE
+    cache_control = meta.get("HTTP_CACHE_CONTROL")
+    gateway_cache = meta.get("HTTP_X_GATEWAY_CACHE")
+    if cache_control or gateway_cache:
+        directive = cache_directive_from_headers(
+            cache_control=cache_control,
+            gateway_cache=gateway_cache,
+            ttl=meta.get("HTTP_X_GATEWAY_CACHE_TTL"),
+        )
     return Ingress(
+        cache_directive=directive,
         # RequestIdMiddleware assigns the gateway's id (and echoes it); without it, a new one.
         request_id=getattr(request, "request_id", None) or new_request_id(),
         client_request_id=client_request_id_clean(
@@ -334,7 +348,11 @@ async def call_respond(
     encoder: Callable[[], StreamEncoder],
 ) -> HttpResponse:
     """Run an admitted call to its answer: JSON (`body` of the response) or, when the request
-    streams, SSE (`encoder()` writes the chunks). The call settles on every exit, inside."""
+    streams, SSE (`encoder()` writes the chunks). The call settles on every exit, inside.
+    Where the route or the request turns the response cache on, a hit answers without an
+    upstream call (same shapes, streams replayed) and a miss is stored once it ends ok."""
+    if call.route.options.cache.enabled or ingress.cache_directive.mode != "default":
+        await call.cache_prepare(chat=chat, directive=ingress.cache_directive)
     if chat.stream:
         try:
             pump = await stream_start(call, chat, keepalive_s=keepalive_interval())

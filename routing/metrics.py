@@ -114,6 +114,11 @@ LLM_TOKENS = Counter(
 )
 CACHE_HITS = Counter("cache_hits_total", "Cache hits by cache", ["cache"])
 CACHE_MISSES = Counter("cache_misses_total", "Cache misses by cache", ["cache"])
+RESPONSE_CACHE_SAVINGS = Counter(
+    "gateway_response_cache_savings_usd_total",
+    "Upstream cost the response cache saved (original cost minus what hits were charged)",
+    ["route"],
+)
 # The caches the gateway has today; the series exist (at 0) before the first lookup.
 CACHES = ("key_policy", "response")
 for _cache in CACHES:
@@ -259,6 +264,11 @@ def request_refused(
 
 def cache_observe(*, cache: str, hit: bool) -> None:
     (CACHE_HITS if hit else CACHE_MISSES).labels(cache).inc()
+
+
+def response_cache_savings_observe(*, route: str, saved_usd: float) -> None:
+    if saved_usd > 0:
+        RESPONSE_CACHE_SAVINGS.labels(route).inc(saved_usd)
 
 
 _KEY_POLICY_HIT = CACHE_HITS.labels("key_policy")

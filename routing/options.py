@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from routing.cache import CACHE_OPTION_NAMES, CachePolicy
+
 PREFERENCES = ("fast", "cheap", "best", "balanced")
 OVERFLOW_ACTIONS = ("reject", "truncate", "summarize")
 LOADBALANCE_MODES = ("weighted", "least_latency", "least_busy")
@@ -46,6 +48,8 @@ class RouteOptions:
     max_total_wait_ms: int = 0
     # loadbalance: how the first deployment is picked.
     mode: str = "weighted"
+    # the response cache (routing/cache.py, docs/cache.md): off unless enabled here.
+    cache: CachePolicy = field(default_factory=CachePolicy)
 
     def weights_dict(self) -> dict[str, float]:
         return dict(self.weights)
@@ -65,6 +69,7 @@ _KNOWN = {
     "max_attempts",
     "max_total_wait_ms",
     "mode",
+    "cache",
 }
 
 
@@ -159,6 +164,16 @@ def route_options_parse(raw: Any) -> RouteOptions:
         values["summarizer"] = raw["summarizer"]
     if "mode" in raw:
         values["mode"] = _choice(raw["mode"], "mode", LOADBALANCE_MODES)
+    if "cache" in raw:
+        if not isinstance(raw["cache"], dict):
+            raise RouteOptionsError("options.cache must be an object")
+        unknown_c = set(raw["cache"]) - CACHE_OPTION_NAMES
+        if unknown_c:
+            raise RouteOptionsError(f"options.cache: unknown fields {sorted(unknown_c)}")
+        try:
+            values["cache"] = CachePolicy.from_options(raw["cache"])
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise RouteOptionsError(f"options.cache: {exc}") from None
     options = RouteOptions(**values)
     if options.on_context_overflow == "summarize" and not options.summarizer:
         raise RouteOptionsError("options.on_context_overflow=summarize needs options.summarizer")

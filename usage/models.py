@@ -18,6 +18,8 @@ class Outcome(models.TextChoices):
     REPLAYED = "replayed", "Replayed (idempotent retry)"
     # A hold nobody settled (its process died): charged its reservation, usage estimated.
     ORPHANED = "orphaned", "Orphaned hold (settled by the sweeper)"
+    # Answered from the gateway's response cache: no upstream call, charged per route policy.
+    CACHE_HIT = "cache_hit", "Response cache hit"
 
 
 def cost_field(**kwargs) -> models.DecimalField:
@@ -60,6 +62,8 @@ class UsageEvent(models.Model):
         max_digits=14, decimal_places=6, default=Decimal("0")
     )
     cost_usd = cost_field()
+    # A response-cache hit: what the upstream call it replaced cost (minus what was charged).
+    response_cache_saved_usd = cost_field()
     latency_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
     status_code = models.PositiveSmallIntegerField(default=200)

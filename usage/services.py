@@ -48,6 +48,7 @@ _PAYLOAD_COLUMNS = (
     "input_price_per_mtok",
     "output_price_per_mtok",
     "cost_usd",
+    "response_cache_saved_usd",
     "latency_ms",
     "ttft_ms",
     "status_code",
@@ -55,7 +56,9 @@ _PAYLOAD_COLUMNS = (
     "error_type",
     "fallbacks",
 )
-_DECIMAL_COLUMNS = frozenset({"input_price_per_mtok", "output_price_per_mtok", "cost_usd"})
+_DECIMAL_COLUMNS = frozenset(
+    {"input_price_per_mtok", "output_price_per_mtok", "cost_usd", "response_cache_saved_usd"}
+)
 _INT_COLUMNS = frozenset(
     {
         "tenant_id",

@@ -114,7 +114,16 @@ def test_directives_from_headers():
     assert huge_ttl.ttl_s == settings.GATEWAY_CACHE_MAX_TTL_S
 
 
-def test_decision_is_off_unless_the_operator_enables_it():
+def test_decision_is_off_unless_the_route_or_the_request_enables_it(settings):
+    plain = cache_decision(
+        policy=CachePolicy(), directive=CacheDirective(), key_allows=False, temperature=0
+    )
+    assert (plain.read, plain.write) == (False, False)
+    opted_in = cache_decision(
+        policy=CachePolicy(), directive=CacheDirective(mode="use"), key_allows=False, temperature=0
+    )
+    assert (opted_in.read, opted_in.write) == (True, True)
+    settings.GATEWAY_CACHE_REQUEST_OPT_IN = False
     off = cache_decision(
         policy=CachePolicy(), directive=CacheDirective(mode="use"), key_allows=False, temperature=0
     )

@@ -6,7 +6,7 @@ import asyncio
 
 from django.core.management.base import BaseCommand, CommandError
 
-from routing.cache import response_cache, response_cache_purge
+from routing.cache import response_cache_purge_now
 from tenants.models import ApiKey, Tenant
 
 
@@ -37,12 +37,7 @@ class Command(BaseCommand):
             tenant_id = api_key["tenant_id"]
         if tenant_id is None and not route and not all:
             raise CommandError("Name --tenant, --route or --key, or pass --all to purge everything")
-
-        async def purge() -> int:
-            try:
-                return await response_cache_purge(tenant_id=tenant_id, route=route, key_id=key_id)
-            finally:
-                await response_cache().store.close()
-
-        removed = asyncio.run(purge())
+        removed = asyncio.run(
+            response_cache_purge_now(tenant_id=tenant_id, route=route, key_id=key_id)
+        )
         self.stdout.write(f"Purged {removed} cached answers")
