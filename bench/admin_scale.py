@@ -52,6 +52,7 @@ EVENT_COLUMNS = (
     "request_id",
     "created_at",
     "ingested_at",
+    "client_request_id",
     "tenant_id",
     "api_key_id",
     "route",
@@ -69,6 +70,7 @@ EVENT_COLUMNS = (
     "input_price_per_mtok",
     "output_price_per_mtok",
     "cost_usd",
+    "response_cache_saved_usd",
     "latency_ms",
     "ttft_ms",
     "status_code",
@@ -178,10 +180,10 @@ def _event_lines(
         created = now - timedelta(seconds=span - (i * span) // events)
         outcome = "error" if i % 101 == 0 else "ok"
         yield (
-            f"r{i:015d}\t{created.isoformat()}\t{ingested}\t{tenant_id}\t{key_id}\tchat\t{name}"
+            f"r{i:015d}\t{created.isoformat()}\t{ingested}\t\t{tenant_id}\t{key_id}\tchat\t{name}"
             f"\t{model_id}\t{provider_id}\t{name}\t{'chat' if i % 10 else 'embeddings'}"
             f"\t{'t' if i % 2 else 'f'}\t{tokens_in}\t{tokens_out}\t0\t0\tf\t{price_in}"
-            f"\t{price_out}\t{cost:.9f}\t12.3\t4.5\t{500 if outcome == 'error' else 200}"
+            f"\t{price_out}\t{cost:.9f}\t0\t12.3\t4.5\t{500 if outcome == 'error' else 200}"
             f"\t{outcome}\t\t0\n"
         )
 

@@ -457,14 +457,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Admin sessions: absolute lifetime, gone when the browser closes; cookies only over HTTPS in
-# production (set GATEWAY_SECURE_COOKIES=0 to test a production config over plain HTTP).
+# Admin sessions: absolute lifetime, gone when the browser closes (secure-only cookies: see
+# SESSION_COOKIE_SECURE / CSRF_COOKIE_SECURE above, on unless DEBUG).
 SESSION_COOKIE_AGE = env_int("GATEWAY_SESSION_AGE_SECONDS", 8 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("GATEWAY_SESSION_EXPIRE_AT_BROWSER_CLOSE", True)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env_bool("GATEWAY_SECURE_COOKIES", _PRODUCTION)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

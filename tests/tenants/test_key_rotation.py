@@ -146,13 +146,14 @@ def test_rotated_key_works_through_its_grace_period_then_stops_all_billed_to_one
         assert old_raw not in str(refused.value.body)
         client(new_raw).chat.completions.create(model="rot-model", messages=HELLO)
 
-        events = usage_events_wait_sync(5)
+        events = usage_events_wait_sync(4)
         served = [e for e in events if e.outcome == "ok"]
         assert len(served) == 4
         assert {(e.api_key_id, e.tenant_id) for e in served} == {(key.pk, key.tenant_id)}
         assert sum(e.cost_usd for e in served) > 0
-        [refusal] = [e for e in events if e.outcome != "ok"]
-        assert refusal.status_code == 401 and refusal.error_type == "expired_api_key"
+        # The expired secret is not authenticated: its refusal leaves no row (metrics and a
+        # log line only, docs/usage.md), so a stranger can never write into the tenant's records.
+        assert [e for e in events if e.outcome != "ok"] == []
         assert UsageEvent.objects.filter(api_key_id=key.pk, outcome="ok").count() == 4
 
 
