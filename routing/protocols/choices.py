@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from providers.tokens import count_message_tokens, count_text_tokens
 from providers.types import ChatRequest, ChatResponse, Usage
 from routing.inference import InferenceCall
 from routing.snapshot import ResolvedRoute
@@ -45,6 +46,23 @@ def usage_sum(usages: list[Usage]) -> Usage:
         cache_write_tokens=sum(u.cache_write_tokens for u in usages),
         estimated=any(u.estimated for u in usages),
     )
+
+
+def _usage_or_estimate(chat: ChatRequest, response: ChatResponse) -> Usage:
+    """The upstream's usage of one answer, or (when it reported none) the gateway's count of
+    its prompt and output, flagged: each fanned-out choice is billed, not only the last."""
+    usage = response.usage
+    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        return usage
+    output = count_text_tokens(response.content or "") + sum(
+        count_text_tokens(str((c.get("function") or {}).get(k) or ""))
+        for c in response.tool_calls or ()
+        for k in ("name", "arguments")
+    )
+    prompt = count_message_tokens(chat.messages)
+    if chat.tools:
+        prompt += count_text_tokens(str(chat.tools))
+    return Usage(prompt_tokens=prompt, completion_tokens=output, estimated=True)
 
 
 def _split_native(response: ChatResponse, n: int) -> list[ChatResponse]:
@@ -96,9 +114,13 @@ async def choices_complete(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
-        done = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
+        done = [
+            _usage_or_estimate(chat, t.result())
+            for (_, chat), t in zip(jobs, tasks, strict=True)
+            if t.done() and not t.cancelled() and not t.exception()
+        ]
         if done:
-            call.usage = usage_sum([r.usage for r in done])
+            call.usage = usage_sum(done)
     answers: list[list[ChatResponse]] = [[] for _ in chats]
     for (position, _), task in zip(jobs, tasks, strict=True):
         result = task.result()
