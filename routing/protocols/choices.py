@@ -54,10 +54,19 @@ def _usage_or_estimate(chat: ChatRequest, response: ChatResponse) -> Usage:
     usage = response.usage
     if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
         return usage
-    output = count_text_tokens(response.content or "") + sum(
-        count_text_tokens(str((c.get("function") or {}).get(k) or ""))
-        for c in response.tool_calls or ()
-        for k in ("name", "arguments")
+    # A native multi-choice answer: every choice's message (its raw body), else the one.
+    raw_choices = (response.raw or {}).get("choices") if isinstance(response.raw, dict) else None
+    messages = [c.get("message") or {} for c in raw_choices or () if isinstance(c, dict)]
+    if not messages:
+        messages = [{"content": response.content, "tool_calls": response.tool_calls}]
+    output = sum(
+        count_text_tokens(str(m.get("content") or ""))
+        + sum(
+            count_text_tokens(str((c.get("function") or {}).get(k) or ""))
+            for c in m.get("tool_calls") or ()
+            for k in ("name", "arguments")
+        )
+        for m in messages
     )
     prompt = count_message_tokens(chat.messages)
     if chat.tools:

@@ -22,6 +22,8 @@ HELLO = [{"role": "user", "content": "hello there, how are you today?"}]
 def catalog(fake_upstream):
     anthropic = fake_provider(fake_upstream, ProviderKind.ANTHROPIC, name="atk-anthropic")
     route("atk-anthropic", [model_on(anthropic, "atk-anthropic-model")])
+    openai = fake_provider(fake_upstream, ProviderKind.OPENAI, name="atk-openai")
+    route("atk-openai", [model_on(openai, "atk-openai-model")])
     _, _, raw = tenant_key()
     caches_clear()
     return {"raw": raw, "fake": fake_upstream}
@@ -62,3 +64,21 @@ async def test_a_fan_out_without_usage_bills_every_choice_output(catalog, path, 
     assert event.outcome == "ok" and event.usage_estimated is True
     assert event.tokens_out >= answered
     assert response.json()["usage"]["completion_tokens"] == event.tokens_out
+
+
+async def test_a_native_n_answer_without_usage_bills_every_choice_output(catalog):
+    """n > 1 answered natively (one OpenAI-kind upstream call) without usage: the estimate
+    counts every choice's text, not only the first one's."""
+    catalog["fake"].script("no_usage")
+    response = await _post(
+        catalog["raw"], {"model": "atk-openai", "max_tokens": 40, "messages": HELLO, "n": 3}
+    )
+    assert response.status_code == 200, response.content
+    choices = response.json()["choices"]
+    assert len(choices) == 3
+    answered = sum(count_text_tokens(c["message"]["content"] or "") for c in choices)
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.usage_estimated is True
+    assert event.tokens_out >= answered > 0
+
