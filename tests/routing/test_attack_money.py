@@ -82,3 +82,157 @@ async def test_a_native_n_answer_without_usage_bills_every_choice_output(catalog
     assert event.usage_estimated is True
     assert event.tokens_out >= answered > 0
 
+
+# -- reservations stay an upper bound on every endpoint --------------------------------------
+CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
+RESV_TPM = 1_000_000
+
+
+@pytest.fixture
+def mock_catalog():
+    from decimal import Decimal
+
+    from routing.snapshot import snapshot_invalidate
+    from tenants.selectors import policy_cache_clear
+    from tests.factories import (
+        ModelFactory,
+        ProviderFactory,
+        TenantFactory,
+        api_key_create_for_test,
+        route_create,
+    )
+
+    provider = ProviderFactory(name="mock-atk")
+    model = ModelFactory(
+        name="atk-small",
+        provider=provider,
+        context_window=200_000,
+        max_output_tokens=64,
+        input_price_per_mtok=Decimal("1.000000"),
+        output_price_per_mtok=Decimal("2.000000"),
+        supports_embeddings=True,
+    )
+    route_create(name="atk-mock", models=[model])
+    _, raw = api_key_create_for_test(tenant=TenantFactory(), tpm_limit=RESV_TPM)
+    snapshot_invalidate()
+    policy_cache_clear()
+    return raw
+
+
+RESERVATION_CASES = {
+    "chat-n3": ("/v1/chat/completions", {"messages": [{"role": "user", "content": CJK}], "n": 3}),
+    "completions-list": ("/v1/completions", {"prompt": [CJK, CJK[:200], "🦄" * 300]}),
+    "completions-n2": ("/v1/completions", {"prompt": CJK, "n": 2}),
+    "responses-items": (
+        "/v1/responses",
+        {
+            "instructions": "答えは日本語で。" * 40,
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": CJK}]},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": CJK},
+                {"type": "function_call_output", "call_id": "c1", "output": "🧾" * 300},
+            ],
+            "tools": [{"type": "function", "name": "f", "description": "検索 " * 100}],
+        },
+    ),
+    "messages": (
+        "/v1/messages",
+        {"system": "答えは日本語で。" * 40, "messages": [{"role": "user", "content": CJK}]},
+    ),
+    "embeddings": ("/v1/embeddings", {"input": [CJK, "🦄" * 300]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESERVATION_CASES))
+async def test_real_usage_never_exceeds_the_reservation_on_any_endpoint(mock_catalog, case):
+    path, body = RESERVATION_CASES[case]
+    extra = {} if path == "/v1/embeddings" else {"max_tokens": 30}
+    if path == "/v1/responses":
+        extra = {"max_output_tokens": 30}
+    response = await _post(mock_catalog, {"model": "atk-mock", **extra, **body}, path)
+    assert response.status_code == 200, response.content
+    reserved_tokens = RESV_TPM - int(response["x-ratelimit-remaining-tokens"])
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.outcome == "ok"
+    assert event.tokens_in + event.tokens_out <= reserved_tokens, (
+        case,
+        event.tokens_in,
+        event.tokens_out,
+        reserved_tokens,
+    )
+
+
+# -- a client leaving mid-stream, on each streaming endpoint, against a live gateway ---------
+STREAMS = {
+    "chat": ("/v1/chat/completions", "atk-live-openai", {"messages": HELLO}),
+    "responses": ("/v1/responses", "atk-live-openai", {"input": "hello"}),
+    "completions": ("/v1/completions", "atk-live-openai", {"prompt": "hello"}),
+    "messages": ("/v1/messages", "atk-live-anthropic", {"messages": HELLO, "max_tokens": 50}),
+}
+
+
+def _reconciles() -> None:
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    call_command("usage_rollup")
+    today = timezone.now().date()
+    call_command(
+        "reconcile_usage",
+        "--from",
+        today.isoformat(),
+        "--to",
+        (today + timedelta(days=1)).isoformat(),
+    )  # raises CommandError (non-zero exit) on any difference
+
+
+@pytest.mark.live_server_process
+@pytest.mark.parametrize("endpoint", sorted(STREAMS))
+def test_a_client_leaving_mid_stream_frees_the_slot_and_leaves_one_event(
+    live_gateway, fake_upstream_thread, redis_url, endpoint
+):
+    from decimal import Decimal
+
+    import httpx
+
+    from tests.factories import TenantFactory, api_key_create_for_test
+    from tests.routing.support import usage_events_wait_sync
+
+    fake = fake_upstream_thread
+    openai = fake_provider(fake, ProviderKind.OPENAI, name="atk-live-openai-p")
+    route("atk-live-openai", [model_on(openai, "atk-live-openai-model")])
+    anthropic = fake_provider(fake, ProviderKind.ANTHROPIC, name="atk-live-anthropic-p")
+    route("atk-live-anthropic", [model_on(anthropic, "atk-live-anthropic-model")])
+    _, raw = api_key_create_for_test(
+        tenant=TenantFactory(), max_concurrency=1, budget_usd=Decimal("10")
+    )
+    caches_clear()
+    path, model, body = STREAMS[endpoint]
+    env = {
+        "REDIS_URL": redis_url,
+        "GATEWAY_STATE_BACKEND": "redis",
+        "GATEWAY_USAGE_WRITE_MODE": "direct",
+    }
+    headers = {"authorization": f"Bearer {raw}", "x-api-key": raw}
+    with live_gateway(env=env) as base, httpx.Client(base_url=base, timeout=30) as http:
+        fake.script("hang_stream:after=3")
+        with http.stream(
+            "POST", path, headers=headers, json={"model": model, "stream": True, **body}
+        ) as response:
+            assert response.status_code == 200, response.read()
+            lines = response.iter_lines()
+            received = [line for _, line in zip(range(4), lines, strict=False)]
+            assert any(line.startswith("data: ") for line in received)
+            response.close()  # the client goes away mid-stream
+        events = usage_events_wait_sync(1)
+        assert [(e.outcome, e.error_type) for e in events] == [("cancelled", "client_disconnected")]
+        # The only slot of the key is free again: the next request is served at once.
+        again = http.post(path, headers=headers, json={"model": model, **body})
+        assert again.status_code == 200, again.text
+        events = usage_events_wait_sync(2)
+        assert len(events) == 2 and len({e.request_id for e in events}) == 2
+        assert events[0].cost_usd > 0
+    _reconciles()
