@@ -609,6 +609,9 @@ class InferenceCall:
                 estimated=True,
             )
         if self._inflight is not None or self._dispatched_unanswered is not None:
+            if reported is not None and reported.estimated and reported.prompt_tokens:
+                # Counted per upstream call already (a fan-out's sent-then-cancelled calls).
+                return reported
             return Usage(prompt_tokens=self._prompt_estimate(), estimated=True)
         return Usage()
 

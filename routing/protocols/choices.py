@@ -68,10 +68,32 @@ def _usage_or_estimate(chat: ChatRequest, response: ChatResponse) -> Usage:
         )
         for m in messages
     )
+    return Usage(prompt_tokens=_prompt_estimate(chat), completion_tokens=output, estimated=True)
+
+
+def _prompt_estimate(chat: ChatRequest) -> int:
     prompt = count_message_tokens(chat.messages)
     if chat.tools:
         prompt += count_text_tokens(str(chat.tools))
-    return Usage(prompt_tokens=prompt, completion_tokens=output, estimated=True)
+    return prompt
+
+
+def _sent_and_cancelled(call: InferenceCall, chats: list[ChatRequest]) -> list[Usage]:
+    """Upstream calls cancelled while in flight (a sibling failed, or the client left): the
+    upstream bills their prompts, so the call does (estimated), on the deployment the call
+    was trying when it stopped."""
+    if call.served is None and call._dispatched_unanswered is None:
+        last = call.attempts[-1] if call.attempts else None
+        call._dispatched_unanswered = call._inflight or next(
+            (
+                t
+                for t in call.route.targets
+                if last is not None
+                and (t.model.id, t.provider.id) == (last.model_id, last.provider_id)
+            ),
+            call.route.targets[0],
+        )
+    return [Usage(prompt_tokens=_prompt_estimate(chat), estimated=True) for chat in chats]
 
 
 def _split_native(response: ChatResponse, n: int) -> list[ChatResponse]:
@@ -115,12 +137,16 @@ async def choices_complete(
             plain.pop("n", None)
             jobs.extend((position, dataclasses.replace(chat, extra=plain)) for _ in range(n))
     tasks = [asyncio.ensure_future(call.complete(chat)) for _, chat in jobs]
+    sent: list[Usage] = []
     try:
         await asyncio.gather(*tasks)
     except BaseException:
+        in_flight = [chat for (_, chat), t in zip(jobs, tasks, strict=True) if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if in_flight:
+            sent = _sent_and_cancelled(call, in_flight)
         raise
     finally:
         done = [
@@ -128,8 +154,8 @@ async def choices_complete(
             for (_, chat), t in zip(jobs, tasks, strict=True)
             if t.done() and not t.cancelled() and not t.exception()
         ]
-        if done:
-            call.usage = usage_sum(done)
+        if done or sent:
+            call.usage = usage_sum(done + sent)
     answers: list[list[ChatResponse]] = [[] for _ in chats]
     for (position, _), task in zip(jobs, tasks, strict=True):
         result = task.result()

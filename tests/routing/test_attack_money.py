@@ -83,6 +83,24 @@ async def test_a_native_n_answer_without_usage_bills_every_choice_output(catalog
     assert event.tokens_out >= answered > 0
 
 
+async def test_a_fan_out_choice_failing_bills_the_prompts_of_siblings_already_sent(catalog):
+    """n = 3 by fan-out: one upstream call fails while the other two are in flight. Those two
+    are cancelled, but they went out: the upstream bills their prompts, so do we (the
+    documented policy for a cancel after dispatch), flagged as estimated."""
+    fake = catalog["fake"]
+    fake.script("slow_headers:delay_ms=3000", "slow_headers:delay_ms=3000", "500")
+    response = await _post(
+        catalog["raw"], {"model": "atk-anthropic", "max_tokens": 40, "messages": HELLO, "n": 3}
+    )
+    assert response.status_code >= 500 and "error" in response.json()
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.outcome == "error"
+    assert event.usage_estimated is True
+    assert event.tokens_in > 0 and event.cost_usd > 0
+    assert event.model == "atk-anthropic-model"
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
