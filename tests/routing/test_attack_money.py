@@ -101,6 +101,35 @@ async def test_a_fan_out_choice_failing_bills_the_prompts_of_siblings_already_se
     assert event.model == "atk-anthropic-model"
 
 
+NO_USAGE_CASES = {
+    "messages-native": ("/v1/messages", "atk-anthropic", {"messages": HELLO}),
+    "responses": ("/v1/responses", "atk-openai", {"input": "hello"}),
+    "completions": ("/v1/completions", "atk-openai", {"prompt": "hello"}),
+    "messages-on-openai": ("/v1/messages", "atk-openai", {"messages": HELLO}),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("case", sorted(NO_USAGE_CASES))
+async def test_an_answer_without_usage_is_estimated_on_every_endpoint(catalog, case, stream):
+    path, model, body = NO_USAGE_CASES[case]
+    catalog["fake"].script("no_usage")
+    response = await _post(
+        catalog["raw"],
+        {"model": model, "max_tokens": 40, "stream": stream, **body},
+        path,
+        **{"x-api-key": catalog["raw"]},
+    )
+    assert response.status_code == 200, response.content
+    if stream:
+        b"".join([chunk async for chunk in response.streaming_content])
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.outcome == "ok"
+    assert event.usage_estimated is True
+    assert event.tokens_in > 0 and event.tokens_out > 0 and event.cost_usd > 0
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
