@@ -221,10 +221,13 @@ async def ingress_open(
     request: HttpRequest,
     *,
     parse: type[BaseModel] | Callable[[Any], Any],
+    idempotent: bool = True,
 ) -> Any:
     """Authenticate (before the body is read), decode and validate the body with `parse` (a
     pydantic model, or a function of the decoded JSON raising GatewayError) and resolve the
-    payload's `model`. Returns the payload; raises GatewayError."""
+    payload's `model`; claim the Idempotency-Key when the endpoint has an answer to keep
+    (`idempotent`; free lookups such as count_tokens ignore the header). Returns the
+    payload; raises GatewayError."""
     await ingress_authenticate(ingress, request_raw_key(request))
     data = body_json(request)
     if isinstance(parse, type) and issubclass(parse, BaseModel):
@@ -233,7 +236,7 @@ async def ingress_open(
         payload = parse(data)
     route = await ingress_resolve(ingress, payload.model)
     raw_idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-    if raw_idempotency_key is not None:
+    if raw_idempotency_key is not None and idempotent:
         assert ingress.policy is not None
         ingress.idempotency = await idempotency_claim(
             raw=raw_idempotency_key,

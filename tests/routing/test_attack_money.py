@@ -130,6 +130,19 @@ async def test_an_answer_without_usage_is_estimated_on_every_endpoint(catalog, c
     assert event.tokens_in > 0 and event.tokens_out > 0 and event.cost_usd > 0
 
 
+async def test_count_tokens_does_not_hold_an_idempotency_key(mock_catalog):
+    """count_tokens is free and has no answer to replay: an Idempotency-Key on it must not
+    leave a pending record that turns its retry (or the real request) into a 409."""
+    body = {"model": "atk-mock", "messages": HELLO}
+    headers = {"Idempotency-Key": "count-then-send", "x-api-key": mock_catalog}
+    for _ in range(2):
+        response = await _post(mock_catalog, body, "/v1/messages/count_tokens", **headers)
+        assert response.status_code == 200, response.content
+        assert response.json()["input_tokens"] > 0
+    sent = await _post(mock_catalog, {**body, "max_tokens": 10}, "/v1/messages", **headers)
+    assert sent.status_code == 200, sent.content
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
