@@ -296,3 +296,41 @@ def test_a_client_leaving_mid_stream_frees_the_slot_and_leaves_one_event(
         assert len(events) == 2 and len({e.request_id for e in events}) == 2
         assert events[0].cost_usd > 0
     _reconciles()
+
+
+
+# -- the client's x-request-id, hostile, against a live gateway ------------------------------
+HOSTILE_IDS = {
+    "latin1-bytes": b"caf\xe9-\xff-id",
+    "long": b"r" * 4000,
+    "utf8-bytes": "заказ-注文-🦄".encode(),
+}
+
+
+@pytest.mark.live_server_process
+def test_hostile_client_request_ids_never_break_an_answer_or_its_event(live_gateway):
+    import httpx
+
+    from tests.factories import TenantFactory, api_key_create_for_test
+    from tests.routing.support import mock_provider, usage_events_wait_sync
+
+    route("atk-ids", [model_on(mock_provider("atk-ids-mock"), "atk-ids-model")])
+    _, raw = api_key_create_for_test(tenant=TenantFactory())
+    caches_clear()
+    body = {"model": "atk-ids", "messages": HELLO, "max_tokens": 5}
+    with live_gateway(env={"GATEWAY_USAGE_WRITE_MODE": "direct"}) as base:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for name, value in HOSTILE_IDS.items():
+                for stream in (False, True):
+                    response = http.post(
+                        "/v1/chat/completions",
+                        headers={"authorization": f"Bearer {raw}", "x-request-id": value},
+                        json={**body, "stream": stream},
+                    )
+                    assert response.status_code == 200, (name, response.text)
+                    assert response.headers["x-request-id"].startswith("req_")
+                    echoed = response.headers.get("x-client-request-id", "")
+                    assert len(echoed) <= 128, name
+    events = usage_events_wait_sync(2 * len(HOSTILE_IDS))
+    assert len(events) == 2 * len(HOSTILE_IDS)
+    assert all(e.outcome == "ok" and len(e.client_request_id) <= 128 for e in events)
