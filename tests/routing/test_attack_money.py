@@ -143,6 +143,28 @@ async def test_count_tokens_does_not_hold_an_idempotency_key(mock_catalog):
     assert sent.status_code == 200, sent.content
 
 
+@pytest.mark.parametrize(("fields", "param"), [({"service_tier": "auto"}, "service_tier")])
+async def test_the_native_messages_pass_through_refuses_price_changing_fields(
+    catalog, fields, param
+):
+    """On an Anthropic route the client's own body goes upstream: a tier billed at its own
+    prices must be refused there too (as on other kinds), not forwarded and charged at the
+    flat catalog price."""
+    response = await _post(
+        catalog["raw"],
+        {"model": "atk-anthropic", "max_tokens": 10, "messages": HELLO, **fields},
+        "/v1/messages",
+        **{"x-api-key": catalog["raw"], "anthropic-version": "2023-06-01"},
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["type"] == "error"
+    assert param in response.json()["error"]["message"]
+    assert catalog["fake"].requests == []  # nothing went upstream
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.outcome == "rejected" and event.cost_usd == 0
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
@@ -296,7 +318,6 @@ def test_a_client_leaving_mid_stream_frees_the_slot_and_leaves_one_event(
         assert len(events) == 2 and len({e.request_id for e in events}) == 2
         assert events[0].cost_usd > 0
     _reconciles()
-
 
 
 # -- the client's x-request-id, hostile, against a live gateway ------------------------------
