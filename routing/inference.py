@@ -726,9 +726,15 @@ async def inference_call_open(
     price_changing_params_refuse(chat)
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
     extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
+    tools = chat.tools
+    native_tools = chat.native.body.get("tools") if chat.native is not None else None
+    if isinstance(native_tools, list) and native_tools:
+        # The client's own tools go upstream (server and client tools the normalized request
+        # does not carry): the reservation counts what is sent.
+        tools = native_tools
     try:
         await call.admit(
-            messages=chat.messages, max_tokens=chat.max_tokens, tools=chat.tools, extra=extra
+            messages=chat.messages, max_tokens=chat.max_tokens, tools=tools, extra=extra
         )
     except AdmissionDenied as denied:
         raise gateway_error_from_admission(denied) from None

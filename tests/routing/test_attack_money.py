@@ -165,6 +165,37 @@ async def test_the_native_messages_pass_through_refuses_price_changing_fields(
     assert event.outcome == "rejected" and event.cost_usd == 0
 
 
+@pytest.fixture
+def tools_key(fake_upstream):
+    anthropic = fake_provider(fake_upstream, ProviderKind.ANTHROPIC, name="atk-tools")
+    route("atk-tools", [model_on(anthropic, "atk-tools-model")])
+    _, _, raw = tenant_key(tpm_limit=RESV_TPM)
+    caches_clear()
+    return raw
+
+
+async def test_native_server_and_client_tools_are_in_the_reservation(tools_key):
+    """Tools only Anthropic understands (bash, computer use, text editor...) go upstream in
+    the client's own body, and Anthropic adds their system prompts to the input: admission
+    reserves for them as for any tool, not as if the request had none."""
+    from providers.tokens import TOOLS_OVERHEAD_TOKENS
+
+    raw = tools_key
+    tools = [
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024},
+    ]
+    response = await _post(
+        raw,
+        {"model": "atk-tools", "max_tokens": 10, "messages": HELLO, "tools": tools},
+        "/v1/messages",
+        **{"x-api-key": raw},
+    )
+    assert response.status_code == 200, response.content
+    reserved_tokens = RESV_TPM - int(response["x-ratelimit-remaining-tokens"])
+    assert reserved_tokens >= TOOLS_OVERHEAD_TOKENS
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
