@@ -328,6 +328,20 @@ async def json_answer(ingress: Ingress, call: InferenceCall, body: dict) -> Http
     return _with_headers(HttpResponse(content, content_type="application/json"), headers)
 
 
+async def json_answer_shaped(
+    ingress: Ingress, call: InferenceCall, shape: Callable[[], dict]
+) -> HttpResponse:
+    """`json_answer` of `shape()`; when shaping fails (a bug of ours: the client gets a 500),
+    the Idempotency-Key is released so a retry is not told "in progress" for the hold TTL."""
+    try:
+        body = shape()
+    except Exception:
+        if ingress.idempotency is not None:
+            await idempotency_release(ingress.idempotency)
+        raise
+    return await json_answer(ingress, call, body)
+
+
 async def call_respond(
     ingress: Ingress,
     call: InferenceCall,
@@ -340,13 +354,21 @@ async def call_respond(
     streams, SSE (`encoder()` writes the chunks). The call settles on every exit, inside."""
     if chat.stream:
         try:
+            # Built before the upstream call starts: a failure here settles the admitted call
+            # at once (no running pump left behind holding the slot until the hold expires).
+            stream_encoder = encoder()
+        except Exception:
+            await call.finish(status_code=500, outcome="error", error_type="internal_error")
+            raise
+        try:
             pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
         except ProviderError as exc:
             return ingress_error_response(
                 ingress, gateway_error_from_provider(exc), call.gateway_headers()
             )
         response = StreamingHttpResponse(
-            sse_stream(call=call, pump=pump, encoder=encoder()), content_type="text/event-stream"
+            sse_stream(call=call, pump=pump, encoder=stream_encoder),
+            content_type="text/event-stream",
         )
         return _with_headers(response, {**stream_headers(call), **ingress.headers})
     try:
@@ -355,4 +377,4 @@ async def call_respond(
         return ingress_error_response(
             ingress, gateway_error_from_provider(exc), call.gateway_headers()
         )
-    return await json_answer(ingress, call, body(result))
+    return await json_answer_shaped(ingress, call, lambda: body(result))

@@ -196,6 +196,35 @@ async def test_native_server_and_client_tools_are_in_the_reservation(tools_key):
     assert reserved_tokens >= TOOLS_OVERHEAD_TOKENS
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_crash_of_ours_after_the_answer_leaves_one_event_and_a_clean_error(
+    mock_catalog, monkeypatch, stream
+):
+    """A bug in the shaping code after the upstream answered: the client gets the documented
+    error shape (no trace), the call leaves exactly one event, and its Idempotency-Key is not
+    left pending (a retry is not told 'in progress' for the hold TTL)."""
+    from routing.endpoints import responses as endpoint
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shaping bug")
+
+    monkeypatch.setattr(endpoint, "response_object", broken)
+    monkeypatch.setattr(endpoint, "ResponsesStreamEncoder", broken)
+    body = {"model": "atk-mock", "input": "hello", "max_output_tokens": 10, "stream": stream}
+    headers = {"Idempotency-Key": f"crash-{stream}"}
+    response = await _post(mock_catalog, body, "/v1/responses", **headers)
+    if stream and response.status_code == 200:
+        with pytest.raises(RuntimeError):
+            b"".join([chunk async for chunk in response.streaming_content])
+    else:
+        assert response.status_code == 500
+        assert "error" in response.json() and "Traceback" not in response.text
+    assert await usage_events_settled(1) == 1
+    assert await UsageEvent.objects.acount() == 1
+    retry = await _post(mock_catalog, body, "/v1/responses", **headers)
+    assert retry.status_code != 409, retry.content
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
