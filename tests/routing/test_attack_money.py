@@ -225,6 +225,18 @@ async def test_a_crash_of_ours_after_the_answer_leaves_one_event_and_a_clean_err
     assert retry.status_code != 409, retry.content
 
 
+async def test_embeddings_without_usage_are_estimated(catalog):
+    catalog["fake"].script("no_usage")
+    response = await _post(
+        catalog["raw"], {"model": "atk-openai", "input": ["hello world", "漢字"]}, "/v1/embeddings"
+    )
+    assert response.status_code == 200, response.content
+    assert await usage_events_settled(1) == 1
+    event = await UsageEvent.objects.aget()
+    assert event.outcome == "ok" and event.tokens_in > 0 and event.cost_usd > 0
+    assert event.usage_estimated is True
+
+
 # -- reservations stay an upper bound on every endpoint --------------------------------------
 CJK = "漢字仮名交じり文と한국어 문장과 中文句子。🦄🧑‍🚀" * 60
 RESV_TPM = 1_000_000
