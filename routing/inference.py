@@ -802,6 +802,9 @@ class InferenceCall:
                 estimated=True,
             )
         if self._inflight is not None or self._dispatched_unanswered is not None:
+            if reported is not None and reported.estimated and reported.prompt_tokens:
+                # Counted per upstream call already (a fan-out's sent-then-cancelled calls).
+                return reported
             return Usage(prompt_tokens=self._prompt_estimate(), estimated=True)
         return Usage()
 
@@ -927,9 +930,15 @@ async def inference_call_open(
     price_changing_params_refuse(chat)
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
     extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
+    tools = chat.tools
+    native_tools = chat.native.body.get("tools") if chat.native is not None else None
+    if isinstance(native_tools, list) and native_tools:
+        # The client's own tools go upstream (server and client tools the normalized request
+        # does not carry): the reservation counts what is sent.
+        tools = native_tools
     try:
         await call.admit(
-            messages=chat.messages, max_tokens=chat.max_tokens, tools=chat.tools, extra=extra
+            messages=chat.messages, max_tokens=chat.max_tokens, tools=tools, extra=extra
         )
     except AdmissionDenied as denied:
         raise gateway_error_from_admission(denied) from None

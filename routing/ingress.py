@@ -235,10 +235,13 @@ async def ingress_open(
     request: HttpRequest,
     *,
     parse: type[BaseModel] | Callable[[Any], Any],
+    idempotent: bool = True,
 ) -> Any:
     """Authenticate (before the body is read), decode and validate the body with `parse` (a
     pydantic model, or a function of the decoded JSON raising GatewayError) and resolve the
-    payload's `model`. Returns the payload; raises GatewayError."""
+    payload's `model`; claim the Idempotency-Key when the endpoint has an answer to keep
+    (`idempotent`; free lookups such as count_tokens ignore the header). Returns the
+    payload; raises GatewayError."""
     await ingress_authenticate(ingress, request_raw_key(request))
     data = body_json(request)
     if isinstance(parse, type) and issubclass(parse, BaseModel):
@@ -247,7 +250,7 @@ async def ingress_open(
         payload = parse(data)
     route = await ingress_resolve(ingress, payload.model)
     raw_idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-    if raw_idempotency_key is not None:
+    if raw_idempotency_key is not None and idempotent:
         assert ingress.policy is not None
         ingress.idempotency = await idempotency_claim(
             raw=raw_idempotency_key,
@@ -339,6 +342,20 @@ async def json_answer(ingress: Ingress, call: InferenceCall, body: dict) -> Http
     return _with_headers(HttpResponse(content, content_type="application/json"), headers)
 
 
+async def json_answer_shaped(
+    ingress: Ingress, call: InferenceCall, shape: Callable[[], dict]
+) -> HttpResponse:
+    """`json_answer` of `shape()`; when shaping fails (a bug of ours: the client gets a 500),
+    the Idempotency-Key is released so a retry is not told "in progress" for the hold TTL."""
+    try:
+        body = shape()
+    except Exception:
+        if ingress.idempotency is not None:
+            await idempotency_release(ingress.idempotency)
+        raise
+    return await json_answer(ingress, call, body)
+
+
 async def call_respond(
     ingress: Ingress,
     call: InferenceCall,
@@ -355,13 +372,21 @@ async def call_respond(
         await call.cache_prepare(chat=chat, directive=ingress.cache_directive)
     if chat.stream:
         try:
+            # Built before the upstream call starts: a failure here settles the admitted call
+            # at once (no running pump left behind holding the slot until the hold expires).
+            stream_encoder = encoder()
+        except Exception:
+            await call.finish(status_code=500, outcome="error", error_type="internal_error")
+            raise
+        try:
             pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
         except ProviderError as exc:
             return ingress_error_response(
                 ingress, gateway_error_from_provider(exc), call.gateway_headers()
             )
         response = StreamingHttpResponse(
-            sse_stream(call=call, pump=pump, encoder=encoder()), content_type="text/event-stream"
+            sse_stream(call=call, pump=pump, encoder=stream_encoder),
+            content_type="text/event-stream",
         )
         return _with_headers(response, {**stream_headers(call), **ingress.headers})
     try:
@@ -370,4 +395,4 @@ async def call_respond(
         return ingress_error_response(
             ingress, gateway_error_from_provider(exc), call.gateway_headers()
         )
-    return await json_answer(ingress, call, body(result))
+    return await json_answer_shaped(ingress, call, lambda: body(result))

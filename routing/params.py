@@ -33,8 +33,20 @@ def _unsupported(param: str, why: str) -> GatewayError:
     )
 
 
+def _native_anthropic_refuse(body: dict[str, Any]) -> None:
+    """The same tier refusal for the client's own /v1/messages body, which Anthropic targets
+    get as it came (its fields never reach `chat.extra`). Server tools are forwarded there
+    (Claude Code sends them; docs/anthropic.md), see docs/usage.md."""
+    tier = body.get("service_tier")
+    if tier is not None and tier not in STANDARD_SERVICE_TIERS:
+        raise _unsupported("service_tier", f"the '{tier}' tier is billed at its own prices")
+
+
 def price_changing_params_refuse(chat: ChatRequest) -> None:
     """Raise a 400 GatewayError for a field that would change the upstream price."""
+    native = chat.native
+    if native is not None and native.protocol == "anthropic" and isinstance(native.body, dict):
+        _native_anthropic_refuse(native.body)
     extra: dict[str, Any] = chat.extra or {}
     tier = extra.get("service_tier")
     if tier is not None and tier not in STANDARD_SERVICE_TIERS:

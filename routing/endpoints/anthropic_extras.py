@@ -58,7 +58,10 @@ async def count_tokens(request: HttpRequest):
     ingress = ingress_start(request, endpoint="count_tokens", shape="anthropic")
     try:
         payload = await ingress_open(
-            ingress, request, parse=lambda data: messages_payload_validate(_count_data(data))
+            ingress,
+            request,
+            parse=lambda data: messages_payload_validate(_count_data(data)),
+            idempotent=False,
         )
         route = ingress.route
         assert route is not None

@@ -24,7 +24,7 @@ from routing.ingress import (
     ingress_refusal_record,
     ingress_reject,
     ingress_start,
-    json_answer,
+    json_answer_shaped,
     request_raw_key,
 )
 from routing.protocols.choices import (
@@ -69,7 +69,7 @@ async def _choices_answer(
         return ingress_error_response(
             ingress, gateway_error_from_provider(exc), call.gateway_headers()
         )
-    return await json_answer(ingress, call, shape(answers))
+    return await json_answer_shaped(ingress, call, lambda: shape(answers))
 
 
 # -- POST /v1/responses ---------------------------------------------------------------------

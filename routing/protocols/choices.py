@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from providers.tokens import count_message_tokens, count_text_tokens
 from providers.types import ChatRequest, ChatResponse, Usage
 from routing.inference import InferenceCall
 from routing.snapshot import ResolvedRoute
@@ -45,6 +46,54 @@ def usage_sum(usages: list[Usage]) -> Usage:
         cache_write_tokens=sum(u.cache_write_tokens for u in usages),
         estimated=any(u.estimated for u in usages),
     )
+
+
+def _usage_or_estimate(chat: ChatRequest, response: ChatResponse) -> Usage:
+    """The upstream's usage of one answer, or (when it reported none) the gateway's count of
+    its prompt and output, flagged: each fanned-out choice is billed, not only the last."""
+    usage = response.usage
+    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        return usage
+    # A native multi-choice answer: every choice's message (its raw body), else the one.
+    raw_choices = (response.raw or {}).get("choices") if isinstance(response.raw, dict) else None
+    messages = [c.get("message") or {} for c in raw_choices or () if isinstance(c, dict)]
+    if not messages:
+        messages = [{"content": response.content, "tool_calls": response.tool_calls}]
+    output = sum(
+        count_text_tokens(str(m.get("content") or ""))
+        + sum(
+            count_text_tokens(str((c.get("function") or {}).get(k) or ""))
+            for c in m.get("tool_calls") or ()
+            for k in ("name", "arguments")
+        )
+        for m in messages
+    )
+    return Usage(prompt_tokens=_prompt_estimate(chat), completion_tokens=output, estimated=True)
+
+
+def _prompt_estimate(chat: ChatRequest) -> int:
+    prompt = count_message_tokens(chat.messages)
+    if chat.tools:
+        prompt += count_text_tokens(str(chat.tools))
+    return prompt
+
+
+def _sent_and_cancelled(call: InferenceCall, chats: list[ChatRequest]) -> list[Usage]:
+    """Upstream calls cancelled while in flight (a sibling failed, or the client left): the
+    upstream bills their prompts, so the call does (estimated), on the deployment the call
+    was trying when it stopped."""
+    if call.served is None and call._dispatched_unanswered is None:
+        last = call.attempts[-1] if call.attempts else None
+        call._dispatched_unanswered = call._inflight or next(
+            (
+                t
+                for t in call.route.targets
+                if last is not None
+                and (t.model.id, t.provider.id) == (last.model_id, last.provider_id)
+            ),
+            call.route.targets[0],
+        )
+    return [Usage(prompt_tokens=_prompt_estimate(chat), estimated=True) for chat in chats]
 
 
 def _split_native(response: ChatResponse, n: int) -> list[ChatResponse]:
@@ -88,17 +137,25 @@ async def choices_complete(
             plain.pop("n", None)
             jobs.extend((position, dataclasses.replace(chat, extra=plain)) for _ in range(n))
     tasks = [asyncio.ensure_future(call.complete(chat)) for _, chat in jobs]
+    sent: list[Usage] = []
     try:
         await asyncio.gather(*tasks)
     except BaseException:
+        in_flight = [chat for (_, chat), t in zip(jobs, tasks, strict=True) if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if in_flight:
+            sent = _sent_and_cancelled(call, in_flight)
         raise
     finally:
-        done = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
-        if done:
-            call.usage = usage_sum([r.usage for r in done])
+        done = [
+            _usage_or_estimate(chat, t.result())
+            for (_, chat), t in zip(jobs, tasks, strict=True)
+            if t.done() and not t.cancelled() and not t.exception()
+        ]
+        if done or sent:
+            call.usage = usage_sum(done + sent)
     answers: list[list[ChatResponse]] = [[] for _ in chats]
     for (position, _), task in zip(jobs, tasks, strict=True):
         result = task.result()

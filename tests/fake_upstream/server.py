@@ -637,12 +637,9 @@ class FakeUpstream:
                 embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         data.reverse()  # real servers may answer out of order; the index is what counts
-        answer = {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if fault is None or fault.kind != "no_usage":
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         return await self._json(request, answer, fault)
 
     # -- Anthropic -------------------------------------------------------------------------
