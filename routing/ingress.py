@@ -19,6 +19,7 @@ whatever fails after that (bad JSON, schema, unknown model, refusal, upstream, d
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -59,6 +60,8 @@ from routing.streaming import (
 from tenants.keys import api_key_from_headers
 from tenants.policy import KeyPolicy
 from tenants.selectors import api_key_policy_get
+
+logger = logging.getLogger("gateway.ingress")
 
 Shape = Literal["openai", "anthropic"]
 P = TypeVar("P")
@@ -369,7 +372,12 @@ async def call_respond(
     Where the route or the request turns the response cache on, a hit answers without an
     upstream call (same shapes, streams replayed) and a miss is stored once it ends ok."""
     if call.route.options.cache.enabled or ingress.cache_directive.mode != "default":
-        await call.cache_prepare(chat=chat, directive=ingress.cache_directive)
+        try:
+            await call.cache_prepare(chat=chat, directive=ingress.cache_directive)
+        except Exception:
+            # The cache never fails a request: served from upstream, the fault logged.
+            logger.exception("cache.prepare_failed", extra={"request_id": ingress.request_id})
+            call.cache_state = "bypass"
     if chat.stream:
         try:
             # Built before the upstream call starts: a failure here settles the admitted call
