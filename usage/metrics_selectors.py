@@ -46,9 +46,10 @@ def window_parse(raw: str | None, *, now: datetime | None = None, default: str =
     unit = WINDOW_UNITS.get(text[-1:]) if text else None
     if unit is None or not text[:-1].isdigit() or int(text[:-1]) <= 0:
         raise ValueError("window must look like 90s, 15m, 24h or 7d")
-    span = timedelta(seconds=int(text[:-1]) * unit)
-    if span > MAX_WINDOW:
+    # Compared as an int first: a huge count would overflow timedelta (a 500, not a 400).
+    if int(text[:-1]) * unit > MAX_WINDOW.total_seconds():
         raise ValueError("window longer than 90 days")
+    span = timedelta(seconds=int(text[:-1]) * unit)
     end = now or datetime.now(tz=UTC)
     return end - span, end
 
