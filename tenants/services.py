@@ -709,16 +709,19 @@ def budget_alerts_record(
 
 # -- key expiry reminders (called by tenants.tasks.api_key_reminders_dispatch, beat) ---------
 def _reminder_webhook_post(url: str, payload: dict[str, Any]) -> str:
-    """POST a reminder to the tenant's alert webhook the way budget alerts are sent; returns
-    an error text or ''. The one place reminders touch the network."""
-    import httpx  # see _alert_deliver: only Celery sends webhooks
-
-    timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    """POST a reminder to the tenant's alert webhook through the SSRF-hardened sender budget
+    alerts use (tenants.webhooks: public addresses only, pinned, no redirects); returns the
+    tenant-visible error text (generic, never the error class) or ''."""
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
-            client.post(url, json=payload).raise_for_status()
-    except httpx.HTTPError as exc:
-        return f"webhook: {type(exc).__name__}"
+        webhook_post(
+            url=url, payload=payload, timeout_s=settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+        )
+    except (WebhookRefused, WebhookFailed) as exc:
+        logger.warning(
+            "tenants.key_reminder_webhook_failed",
+            extra={"refused": isinstance(exc, WebhookRefused), "error": str(exc)[:300]},
+        )
+        return WEBHOOK_FAILED_TEXT
     return ""
 
 

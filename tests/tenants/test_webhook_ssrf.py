@@ -292,3 +292,47 @@ def test_with_an_egress_proxy_the_proxy_gets_the_request_by_name(settings, recei
     blocked = TenantFactory(alert_webhook_url="http://10.0.0.7/budget")
     assert _record(blocked).webhook_sent_at is None
     assert len(proxy.hits) == 1
+
+
+# -- key-rotation reminders go through the same sender -------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://localhost/hook",
+        "http://10.0.0.5/hook",
+    ],
+)
+def test_key_expiry_reminders_refuse_private_urls_before_connecting(url, no_connections):
+    """The reminder path (tenants.services._reminder_webhook_post) used a bare httpx client:
+    a URL stored before the checks existed, or a name that turned private, was fetched."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants.models import AuditEvent
+
+    tenant = TenantFactory(alert_webhook_url=url, alert_email="ops@example.com")
+    services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 1  # the email still goes out
+    assert no_connections == []
+    audit = AuditEvent.objects.get(action="api_key.expiry_reminder")
+    # The tenant reads the generic text only (no error class: no port-scan oracle).
+    assert audit.details["errors"] == [webhooks.WEBHOOK_FAILED_TEXT]
+
+
+def test_key_expiry_reminders_do_not_follow_redirects(settings, receiver):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    port, handler = receiver
+    settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+    settings.GATEWAY_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    handler.redirect_to = f"http://127.0.0.1:{port}/metadata"
+    tenant = TenantFactory(alert_webhook_url=f"http://127.0.0.1:{port}/hook")
+    services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 0  # a redirect is not a delivery
+    assert [path for path, _ in handler.hits] == ["/hook"]
