@@ -803,6 +803,9 @@ def api_key_reminders_send(*, now: datetime | None = None) -> int:
     for kind, queryset in due.items():
         marker = f"{kind}_reminded_at"
         for key_id in list(queryset.values_list("id", flat=True)[:1000]):
+            # Claim under a row lock, commit, then send with no lock held (a slow receiver
+            # must not block revoking or rotating the key); a failed send releases the claim
+            # for the next run. The marker is the claim: other runs skip marked keys.
             with transaction.atomic():
                 key = (
                     queryset.select_for_update(skip_locked=True, of=("self",))
@@ -812,11 +815,14 @@ def api_key_reminders_send(*, now: datetime | None = None) -> int:
                 )
                 if key is None:
                     continue  # reminded meanwhile, changed, or held by another run
-                when = key.expires_at if kind == "expiry" else key.previous_valid_until
-                if _reminder_send(key=key, kind=kind, when=when):
-                    setattr(key, marker, timezone.now())
-                    key.save(update_fields=[marker])
-                    sent += 1
+                claimed = timezone.now()
+                setattr(key, marker, claimed)
+                key.save(update_fields=[marker])
+            when = key.expires_at if kind == "expiry" else key.previous_valid_until
+            if _reminder_send(key=key, kind=kind, when=when):
+                sent += 1
+            else:
+                ApiKey.objects.filter(pk=key.pk, **{marker: claimed}).update(**{marker: None})
     return sent
 
 

@@ -336,3 +336,63 @@ def test_key_expiry_reminders_do_not_follow_redirects(settings, receiver):
     services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
     assert services.api_key_reminders_send() == 0  # a redirect is not a delivery
     assert [path for path, _ in handler.hits] == ["/hook"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_reminders_are_sent_with_no_row_lock_held(settings):
+    """A slow receiver must not hold the key's row lock: an admin revoking or rotating the key
+    meanwhile is not blocked for the webhook timeout (issue 14: send after commit)."""
+    from datetime import timedelta
+
+    from django.db import OperationalError, connection
+    from django.utils import timezone
+
+    from tenants.models import ApiKey
+
+    outcome: list[str] = []
+
+    class Handler(_Receiver):
+        hits = []
+        redirect_to = ""
+
+        def do_POST(self):
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET lock_timeout = '500ms'")
+                ApiKey.objects.filter(pk=key.pk).update(name="renamed during send")
+                outcome.append("updated")
+            except OperationalError:
+                outcome.append("blocked")
+            finally:
+                connection.close()
+            super().do_POST()
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+        settings.GATEWAY_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+        tenant = TenantFactory(alert_webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        key, _ = services.api_key_create(
+            tenant=tenant, expires_at=timezone.now() + timedelta(days=1)
+        )
+        assert services.api_key_reminders_send() == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert outcome == ["updated"]
+    key.refresh_from_db()
+    assert key.expiry_reminded_at is not None
+
+
+def test_a_failed_reminder_releases_its_claim_for_the_next_run():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    tenant = TenantFactory(alert_webhook_url="https://127.0.0.1/hook")
+    key, _ = services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 0
+    key.refresh_from_db()
+    assert key.expiry_reminded_at is None
