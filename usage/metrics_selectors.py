@@ -220,7 +220,9 @@ def metrics_providers(
     providers = []
     for provider in Provider.objects.order_by("name"):
         row = rows.get(provider.id)
-        if row is None and not provider.is_active:
+        if row is None and (tenant_ids is not None or not provider.is_active):
+            # The catalog is the operator's: a scoped caller (an API key, a tenant-limited
+            # operator) sees only providers its tenants' requests reached in the window.
             continue
         n = row["n"] if row else 0
         errors = row["errors"] if row else 0
