@@ -39,6 +39,11 @@ REFUSED_URLS = [
     "https://[::ffff:169.254.169.254]/hook",
     "https://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
     "https://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+    "https://[::127.0.0.1]/hook",  # IPv4-compatible (deprecated ::/96) loopback
+    "https://[::a9fe:a9fe]/hook",  # IPv4-compatible metadata address
+    "https://[::ffff:0:7f00:1]/hook",  # IPv4-translated (SIIT ::ffff:0:0/96) loopback
+    "https://[64:ff9b:1::a00:1]/hook",  # local-use NAT64 (RFC 8215) of 10.0.0.1
+    "https://[fec0::1]/hook",  # site-local (deprecated, still routed on some networks)
     "https://localhost/hook",  # a name that resolves to loopback
     "http://example.com/hook",  # plain http
     "https://user:pw@example.com/hook",  # credentials in the URL
