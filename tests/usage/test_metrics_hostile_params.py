@@ -52,3 +52,21 @@ def test_calendar_edges_are_value_errors_for_every_caller(start, end):
 def test_a_window_too_large_for_a_timedelta_is_a_value_error():
     with pytest.raises(ValueError):
         window_parse("99999999999999999999999d")
+
+
+def test_a_model_name_with_nul_still_leaves_its_refusal_row(live_gateway):
+    """PostgreSQL text cannot hold NUL: the refusal's usage event (route = the requested
+    name) was rejected by the database and lost; NUL is now replaced before the write."""
+    from tests.routing.support import LIVE_ENV, usage_events_wait_sync
+
+    _, key_id, raw = tenant_key()
+    with live_gateway(env=LIVE_ENV) as base, httpx.Client(base_url=base, timeout=30) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "no\x00such", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {raw}"},
+        )
+        assert response.status_code == 404
+        (event,) = usage_events_wait_sync(1)
+    assert event.api_key_id == key_id and event.outcome == "rejected"
+    assert event.route == "no\ufffdsuch"
