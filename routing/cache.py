@@ -361,6 +361,7 @@ def _index_key(tenant_id: int) -> str:
 
 
 def _index_member(scope: CacheScope, digest: str) -> str:
+    # Split from the right when read: the route name may hold the separator, key and digest not.
     return f"{scope.route}\x1f{scope.key_id or ''}\x1f{digest}"
 
 
@@ -461,7 +462,7 @@ class RedisCacheStore:
         members = await self._run(client.zrange(index, 0, -1))
         doomed: list[bytes] = []
         for member in members:
-            m_route, m_key, _ = member.decode().split("\x1f")
+            m_route, m_key, _ = member.decode().rsplit("\x1f", 2)
             if route is not None and m_route != route:
                 continue
             if key_id is not None and m_key != str(key_id):
@@ -540,7 +541,7 @@ class MemoryCacheStore:
         entries = self._entries.get(tenant_id, OrderedDict())
         doomed = []
         for digest, (_, member, _) in entries.items():
-            m_route, m_key, _ = member.split("\x1f")
+            m_route, m_key, _ = member.rsplit("\x1f", 2)
             if (route is None or m_route == route) and (key_id is None or m_key == str(key_id)):
                 doomed.append(digest)
         for digest in doomed:

@@ -213,20 +213,22 @@ async def ingress_resolve(ingress: Ingress, model: str) -> ResolvedRoute:
     """The route the key may call by this name, or a 404/403 GatewayError."""
     assert ingress.policy is not None
     ingress.route_name = str(model)[:128]
-    route = (await snapshot_get()).resolve(model)
-    if route is None:
-        raise GatewayError(
-            status=404,
-            message=f"The model '{model}' does not exist",
-            code="model_not_found",
-            param="model",
-        )
+    # The allow-list is checked before the catalog: a limited key is refused alike for names
+    # that exist and names that do not (no catalog probing, as /v1/models/{id}).
     if not ingress.policy.allows_model(model):
         raise GatewayError(
             status=403,
             message=f"This key may not use the model '{model}'",
             error_type="permission_error",
             code="model_not_allowed",
+            param="model",
+        )
+    route = (await snapshot_get()).resolve(model)
+    if route is None:
+        raise GatewayError(
+            status=404,
+            message=f"The model '{model}' does not exist",
+            code="model_not_found",
             param="model",
         )
     ingress.route = route

@@ -709,16 +709,19 @@ def budget_alerts_record(
 
 # -- key expiry reminders (called by tenants.tasks.api_key_reminders_dispatch, beat) ---------
 def _reminder_webhook_post(url: str, payload: dict[str, Any]) -> str:
-    """POST a reminder to the tenant's alert webhook the way budget alerts are sent; returns
-    an error text or ''. The one place reminders touch the network."""
-    import httpx  # see _alert_deliver: only Celery sends webhooks
-
-    timeout = settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    """POST a reminder to the tenant's alert webhook through the SSRF-hardened sender budget
+    alerts use (tenants.webhooks: public addresses only, pinned, no redirects); returns the
+    tenant-visible error text (generic, never the error class) or ''."""
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
-            client.post(url, json=payload).raise_for_status()
-    except httpx.HTTPError as exc:
-        return f"webhook: {type(exc).__name__}"
+        webhook_post(
+            url=url, payload=payload, timeout_s=settings.GATEWAY_ALERT_WEBHOOK_TIMEOUT_SECONDS
+        )
+    except (WebhookRefused, WebhookFailed) as exc:
+        logger.warning(
+            "tenants.key_reminder_webhook_failed",
+            extra={"refused": isinstance(exc, WebhookRefused), "error": str(exc)[:300]},
+        )
+        return WEBHOOK_FAILED_TEXT
     return ""
 
 
@@ -800,6 +803,9 @@ def api_key_reminders_send(*, now: datetime | None = None) -> int:
     for kind, queryset in due.items():
         marker = f"{kind}_reminded_at"
         for key_id in list(queryset.values_list("id", flat=True)[:1000]):
+            # Claim under a row lock, commit, then send with no lock held (a slow receiver
+            # must not block revoking or rotating the key); a failed send releases the claim
+            # for the next run. The marker is the claim: other runs skip marked keys.
             with transaction.atomic():
                 key = (
                     queryset.select_for_update(skip_locked=True, of=("self",))
@@ -809,11 +815,14 @@ def api_key_reminders_send(*, now: datetime | None = None) -> int:
                 )
                 if key is None:
                     continue  # reminded meanwhile, changed, or held by another run
-                when = key.expires_at if kind == "expiry" else key.previous_valid_until
-                if _reminder_send(key=key, kind=kind, when=when):
-                    setattr(key, marker, timezone.now())
-                    key.save(update_fields=[marker])
-                    sent += 1
+                claimed = timezone.now()
+                setattr(key, marker, claimed)
+                key.save(update_fields=[marker])
+            when = key.expires_at if kind == "expiry" else key.previous_valid_until
+            if _reminder_send(key=key, kind=kind, when=when):
+                sent += 1
+            else:
+                ApiKey.objects.filter(pk=key.pk, **{marker: claimed}).update(**{marker: None})
     return sent
 
 

@@ -12,7 +12,8 @@ in the URL, and addresses that are loopback, private (RFC 1918, ULA), link-local
 the cloud metadata address 169.254.169.254), CGNAT (100.64/10), multicast, reserved,
 unspecified or otherwise not globally routable, for IPv4 and IPv6 alike, including IPv4
 addresses wrapped in IPv6 (v4-mapped ::ffff:a.b.c.d, NAT64 64:ff9b::/96, 6to4 2002::/16,
-Teredo 2001::/32). Operators who really deliver to an internal receiver list its networks in
+Teredo 2001::/32, IPv4-compatible ::/96, IPv4-translated ::ffff:0:0:0/96, local-use NAT64
+64:ff9b:1::/48) and site-local fec0::/10. Operators who really deliver to an internal receiver list its networks in
 GATEWAY_WEBHOOK_ALLOWED_NETWORKS. With GATEWAY_WEBHOOK_PROXY set, requests leave through that
 egress proxy (which then owns the network policy); literal addresses are still checked here.
 
@@ -39,6 +40,13 @@ WEBHOOK_FAILED_TEXT = "webhook: not delivered"
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _TEREDO = ipaddress.ip_network("2001::/32")
+# IPv6 ranges that carry or reach IPv4 or local networks but that Python's is_global lets
+# through: IPv4-compatible ::a.b.c.d (deprecated), IPv4-translated ::ffff:0:a.b.c.d (SIIT),
+# local-use NAT64 (RFC 8215), site-local fec0::/10 (deprecated) and SRv6 SIDs (RFC 9602).
+_REFUSED_V6 = tuple(
+    ipaddress.ip_network(n)
+    for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10", "5f00::/16")
+)
 
 
 class WebhookRefused(Exception):
@@ -73,7 +81,9 @@ def address_allowed(ip: IPAddress) -> bool:
     inner = _embedded_v4(ip)
     if inner is not None:
         return address_allowed(inner)
-    if isinstance(ip, ipaddress.IPv6Address) and ip in _TEREDO:
+    if isinstance(ip, ipaddress.IPv6Address) and (
+        ip in _TEREDO or any(ip in net for net in _REFUSED_V6)
+    ):
         return False
     return ip.is_global and not ip.is_multicast
 

@@ -46,14 +46,19 @@ def parse_range(
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     now = datetime.now(tz=UTC)
-    end = (
-        parse(raw_end, is_end=True)
-        if raw_end
-        else (now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1))
-    )
-    start = parse(raw_start, is_end=False) if raw_start else end - timedelta(days=default_days)
-    if end <= start:
-        raise ValueError("end must be after start")
-    if end - start > timedelta(days=3660):
-        raise ValueError("range longer than ten years")
+    try:
+        end = (
+            parse(raw_end, is_end=True)
+            if raw_end
+            else (now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1))
+        )
+        start = parse(raw_start, is_end=False) if raw_start else end - timedelta(days=default_days)
+        if end <= start:
+            raise ValueError("end must be after start")
+        if end - start > timedelta(days=3660):
+            raise ValueError("range longer than ten years")
+    except OverflowError:
+        # Dates at the ends of the calendar (9999-12-31 as an end, 0001-01-01 minus the
+        # default span, offsets across year 1): a bad parameter, not a server error.
+        raise ValueError("date out of range") from None
     return start, end

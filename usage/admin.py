@@ -134,7 +134,8 @@ def _tenant_choices(request: HttpRequest) -> list[Tenant]:
 
 def _tenant_param(request: HttpRequest) -> int | None:
     raw = request.GET.get("tenant") or ""
-    return int(raw) if raw.isdigit() else None
+    # isascii: str.isdigit() accepts "²" and "①", which int() refuses (a 500).
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 @admin.register(UsageEvent)
@@ -239,9 +240,10 @@ class UsageEventAdmin(TenantScopedReadOnlyAdmin):
         raw_month = request.GET.get("month") or timezone.now().strftime("%Y-%m")
         try:
             month = date.fromisoformat(f"{raw_month}-01")
+            start, end = month_bounds(month)  # 9999-12 ends in year 10000: a ValueError
         except ValueError:
             month = timezone.now().date().replace(day=1)
-        start, end = month_bounds(month)
+            start, end = month_bounds(month)
         return statement_build(tenant_id=tenant_id, start=start, end=end), month
 
     def statement_view(self, request: HttpRequest) -> HttpResponse:

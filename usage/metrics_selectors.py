@@ -46,9 +46,10 @@ def window_parse(raw: str | None, *, now: datetime | None = None, default: str =
     unit = WINDOW_UNITS.get(text[-1:]) if text else None
     if unit is None or not text[:-1].isdigit() or int(text[:-1]) <= 0:
         raise ValueError("window must look like 90s, 15m, 24h or 7d")
-    span = timedelta(seconds=int(text[:-1]) * unit)
-    if span > MAX_WINDOW:
+    # Compared as an int first: a huge count would overflow timedelta (a 500, not a 400).
+    if int(text[:-1]) * unit > MAX_WINDOW.total_seconds():
         raise ValueError("window longer than 90 days")
+    span = timedelta(seconds=int(text[:-1]) * unit)
     end = now or datetime.now(tz=UTC)
     return end - span, end
 
@@ -219,7 +220,9 @@ def metrics_providers(
     providers = []
     for provider in Provider.objects.order_by("name"):
         row = rows.get(provider.id)
-        if row is None and not provider.is_active:
+        if row is None and (tenant_ids is not None or not provider.is_active):
+            # The catalog is the operator's: a scoped caller (an API key, a tenant-limited
+            # operator) sees only providers its tenants' requests reached in the window.
             continue
         n = row["n"] if row else 0
         errors = row["errors"] if row else 0

@@ -120,6 +120,10 @@ def usage_event_values(payload: dict[str, Any], *, ingested_at: datetime) -> dic
                     raise UsagePayloadInvalid(f"{name} is not finite")
             elif name in _INT_COLUMNS:
                 value = int(raw)
+            elif isinstance(raw, str):
+                # PostgreSQL text cannot hold NUL: a client-chosen name (the requested model,
+                # a client request id) with one would lose the whole event.
+                value = raw.replace("\x00", "\ufffd")
             else:
                 value = raw
         except (InvalidOperation, TypeError, ValueError) as exc:

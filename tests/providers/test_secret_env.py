@@ -124,3 +124,23 @@ async def test_gateway_answers_a_generic_503_and_sends_nothing_upstream(
     assert body["error"]["code"] == "upstream_credentials_unavailable"
     assert "GATEWAY_PROVIDER_UNSET_KEY" not in body["error"]["message"]
     assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GATEWAY_CACHE_REDIS_URL",  # may carry the Redis password
+        "GATEWAY_OPS_ALERT_WEBHOOK_URL",
+        "GATEWAY_OPS_ALERT_SLACK_WEBHOOK_URL",  # a Slack webhook URL is a bearer credential
+        "CELERY_RESULT_BACKEND",
+        "OTEL_EXPORTER_OTLP_HEADERS",  # the OTLP collector's auth headers
+    ],
+)
+def test_every_gateway_secret_stays_refused_under_a_wide_prefix(settings, name):
+    """An operator who widens the prefix to GATEWAY_ (or lists the name) still cannot turn
+    one of the gateway's own secrets into a provider credential sent upstream."""
+    settings.GATEWAY_PROVIDER_SECRET_ENV_PREFIXES = ("GATEWAY_", "OTEL_", "CELERY_")
+    settings.GATEWAY_PROVIDER_SECRET_ENV_ALLOWED = frozenset({name})
+    assert provider_create(name="wide", kind=ProviderKind.OPENAI, secret_env="GATEWAY_X_KEY")
+    with pytest.raises(ValidationError):
+        provider_create(name="leak", kind=ProviderKind.OPENAI, secret_env=name)

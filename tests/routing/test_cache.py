@@ -296,3 +296,30 @@ async def test_oversized_answers_are_not_stored(settings):
     scope = CacheScope(tenant_id=1, key_id=None, route="r")
     big = _answer(content="x" * 500)
     assert not await cache.store_answer(scope=scope, digest="a" * 64, answer=big, ttl_s=60)
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+async def test_a_route_name_holding_the_index_separator_neither_breaks_nor_crosses_a_purge(
+    backend, redis_url, settings
+):
+    """The index member is route, key and digest joined by \\x1f; a route name holding that
+    character made every purge of the tenant raise (nothing could be purged). Another
+    tenant's entries (tenant 33 next to tenant 3) are never touched by the purge."""
+    settings.GATEWAY_CACHE_LOCAL_ENTRIES = 0
+    store = (
+        RedisCacheStore(url=redis_url, timeout_s=0.5) if backend == "redis" else MemoryCacheStore()
+    )
+    cache = ResponseCache(store=store)
+    odd = CacheScope(tenant_id=3, key_id=None, route="a\x1fb")
+    plain = CacheScope(tenant_id=3, key_id=7, route="c")
+    other = CacheScope(tenant_id=33, key_id=None, route="a\x1fb")
+    d1, d2, d3 = (_key(_chat(max_tokens=i)) for i in (1, 2, 3))
+    await cache.store_answer(scope=odd, digest=d1, answer=_answer(), ttl_s=60)
+    await cache.store_answer(scope=plain, digest=d2, answer=_answer(), ttl_s=60)
+    await cache.store_answer(scope=other, digest=d3, answer=_answer(), ttl_s=60)
+    assert await cache.purge(tenant_id=3, route="a\x1fb") == 1
+    assert await cache.lookup(tenant_id=3, digest=d1) is None
+    assert await cache.purge(tenant_id=3, key_id=7) == 1
+    assert await cache.purge(tenant_id=3) == 0
+    assert await cache.lookup(tenant_id=33, digest=d3) is not None
+    await store.close()

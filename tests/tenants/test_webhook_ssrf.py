@@ -39,6 +39,11 @@ REFUSED_URLS = [
     "https://[::ffff:169.254.169.254]/hook",
     "https://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
     "https://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+    "https://[::127.0.0.1]/hook",  # IPv4-compatible (deprecated ::/96) loopback
+    "https://[::a9fe:a9fe]/hook",  # IPv4-compatible metadata address
+    "https://[::ffff:0:7f00:1]/hook",  # IPv4-translated (SIIT ::ffff:0:0/96) loopback
+    "https://[64:ff9b:1::a00:1]/hook",  # local-use NAT64 (RFC 8215) of 10.0.0.1
+    "https://[fec0::1]/hook",  # site-local (deprecated, still routed on some networks)
     "https://localhost/hook",  # a name that resolves to loopback
     "http://example.com/hook",  # plain http
     "https://user:pw@example.com/hook",  # credentials in the URL
@@ -292,3 +297,107 @@ def test_with_an_egress_proxy_the_proxy_gets_the_request_by_name(settings, recei
     blocked = TenantFactory(alert_webhook_url="http://10.0.0.7/budget")
     assert _record(blocked).webhook_sent_at is None
     assert len(proxy.hits) == 1
+
+
+# -- key-rotation reminders go through the same sender -------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://localhost/hook",
+        "http://10.0.0.5/hook",
+    ],
+)
+def test_key_expiry_reminders_refuse_private_urls_before_connecting(url, no_connections):
+    """The reminder path (tenants.services._reminder_webhook_post) used a bare httpx client:
+    a URL stored before the checks existed, or a name that turned private, was fetched."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants.models import AuditEvent
+
+    tenant = TenantFactory(alert_webhook_url=url, alert_email="ops@example.com")
+    services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 1  # the email still goes out
+    assert no_connections == []
+    audit = AuditEvent.objects.get(action="api_key.expiry_reminder")
+    # The tenant reads the generic text only (no error class: no port-scan oracle).
+    assert audit.details["errors"] == [webhooks.WEBHOOK_FAILED_TEXT]
+
+
+def test_key_expiry_reminders_do_not_follow_redirects(settings, receiver):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    port, handler = receiver
+    settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+    settings.GATEWAY_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    handler.redirect_to = f"http://127.0.0.1:{port}/metadata"
+    tenant = TenantFactory(alert_webhook_url=f"http://127.0.0.1:{port}/hook")
+    services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 0  # a redirect is not a delivery
+    assert [path for path, _ in handler.hits] == ["/hook"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_reminders_are_sent_with_no_row_lock_held(settings):
+    """A slow receiver must not hold the key's row lock: an admin revoking or rotating the key
+    meanwhile is not blocked for the webhook timeout (issue 14: send after commit)."""
+    from datetime import timedelta
+
+    from django.db import OperationalError, connection
+    from django.utils import timezone
+
+    from tenants.models import ApiKey
+
+    outcome: list[str] = []
+
+    class Handler(_Receiver):
+        hits = []
+        redirect_to = ""
+
+        def do_POST(self):
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET lock_timeout = '500ms'")
+                ApiKey.objects.filter(pk=key.pk).update(name="renamed during send")
+                outcome.append("updated")
+            except OperationalError:
+                outcome.append("blocked")
+            finally:
+                connection.close()
+            super().do_POST()
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings.GATEWAY_WEBHOOK_ALLOW_HTTP = True
+        settings.GATEWAY_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+        tenant = TenantFactory(alert_webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        key, _ = services.api_key_create(
+            tenant=tenant, expires_at=timezone.now() + timedelta(days=1)
+        )
+        assert services.api_key_reminders_send() == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert outcome == ["updated"]
+    key.refresh_from_db()
+    assert key.expiry_reminded_at is not None
+
+
+def test_a_failed_reminder_releases_its_claim_for_the_next_run():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    tenant = TenantFactory(alert_webhook_url="https://127.0.0.1/hook")
+    key, _ = services.api_key_create(tenant=tenant, expires_at=timezone.now() + timedelta(days=1))
+    assert services.api_key_reminders_send() == 0
+    key.refresh_from_db()
+    assert key.expiry_reminded_at is None

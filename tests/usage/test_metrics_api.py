@@ -520,3 +520,21 @@ def test_every_endpoint_is_in_an_openapi_document(db):
         "/api/reports/events/",
         "/api/reports/statements/{tenant_id}/{month}/",
     }
+
+
+def test_a_tenant_sees_only_the_providers_that_served_it(traffic):
+    """The operator's catalog is not tenant data: a provider this tenant's requests never
+    reached (another tenant's private deployment, say) is not listed for its key, nor for a
+    token limited to it; an unscoped operator sees every active provider."""
+    from tests.factories import ProviderFactory
+
+    hidden = ProviderFactory(name="globex-private-deployment")
+    acme = _body(_get(Client(), "/api/v1/metrics/providers", _key(traffic["raw_a"][1]), **WINDOW))
+    names = {p["provider"] for p in acme["providers"]}
+    assert traffic["provider"].name in names
+    assert hidden.name not in names
+    root = get_user_model().objects.create_superuser("root-prov", password="pw-root-123")
+    everything = _body(
+        _get(Client(), "/api/v1/metrics/providers", f"Token {_operator_token(root)}", **WINDOW)
+    )
+    assert hidden.name in {p["provider"] for p in everything["providers"]}

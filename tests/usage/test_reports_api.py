@@ -141,3 +141,30 @@ def test_statement_api_and_admin_pages_render(reported, usage_world, acme_admin)
     html = dashboard.content.decode()
     assert "<svg" in html and "acme-prod" in html and "globex-main" not in html
     assert client.get("/admin/usage/usageevent/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/admin/usage/usageevent/dashboard/", {"tenant": "²"}),  # str.isdigit() says yes
+        ("/admin/usage/usageevent/statement/", {"tenant": "①"}),
+        ("/admin/usage/usageevent/statement.csv", {"tenant": "²"}),
+        ("/admin/usage/usageevent/statement/", {"month": "9999-12"}),  # next month: year 10000
+        ("/admin/usage/usageevent/statement.csv", {"month": "9999-12"}),
+        ("/admin/usage/usageevent/dashboard/", {"end": "0001-01-01"}),
+    ],
+)
+def test_admin_usage_pages_never_answer_500_to_odd_parameters(
+    reported, usage_world, acme_admin, path, params
+):
+    client = Client(raise_request_exception=False)
+    client.force_login(acme_admin)
+    response = client.get(path, params)
+    assert response.status_code < 500, (path, params)
+
+
+def test_statement_api_refuses_the_last_month_of_the_calendar_with_400(
+    reported, usage_world, acme_admin
+):
+    response = _client(acme_admin).get(f"/api/reports/statements/{usage_world['acme'].id}/9999-12/")
+    assert response.status_code == 400

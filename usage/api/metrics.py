@@ -199,6 +199,15 @@ class WindowParams(Schema):
     end: str | None = None
 
 
+def _text(value: str | None, param: str) -> str | None:
+    """A free-text filter as PostgreSQL can compare it: NUL is refused (a 400, not a 500)."""
+    if value is not None and "\x00" in value:
+        raise MetricsError(
+            400, f"{param} must not contain NUL", "invalid_request_error", "invalid_value"
+        )
+    return value
+
+
 def _range(params: WindowParams) -> tuple[datetime, datetime]:
     try:
         if params.start or params.end:
@@ -400,7 +409,7 @@ async def model_detail(request: HttpRequest, model: str, params: Query[WindowPar
     tenant_ids = await tenant_scope_for(request, params.tenant)
     start, end = _range(params)
     return await sync_to_async(sel.metrics_model)(
-        tenant_ids=tenant_ids, model=model, start=start, end=end
+        tenant_ids=tenant_ids, model=_text(model, "model"), start=start, end=end
     )
 
 
@@ -435,8 +444,8 @@ async def logs(request: HttpRequest, params: Query[LogParams]):
         tenant_ids=tenant_ids,
         limit=params.limit,
         before=params.before,
-        model=params.model,
-        outcome=params.outcome,
+        model=_text(params.model, "model"),
+        outcome=_text(params.outcome, "outcome"),
     )
     return {"logs": rows, "count": len(rows)}
 

@@ -140,10 +140,9 @@ class StatementView(ReportView):
     def get(self, request: Request, tenant_id: int, month: str, *args, **kwargs):
         _scope(request, tenant_id)
         try:
-            first = date.fromisoformat(f"{month}-01")
-        except ValueError as exc:
+            start, end = month_bounds(date.fromisoformat(f"{month}-01"))
+        except ValueError as exc:  # also 9999-12, whose end is in year 10000
             raise ValidationError({"month": "use YYYY-MM"}) from exc
-        start, end = month_bounds(first)
         try:
             statement = statement_build(tenant_id=tenant_id, start=start, end=end)
         except Tenant.DoesNotExist as exc:
