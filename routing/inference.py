@@ -67,6 +67,7 @@ from routing.cache import (
     CacheWrite as _CacheWrite,
 )
 from routing.cache_embedding import EmbedderUnavailable, embedder_get
+from routing.decide.capabilities import capabilities_required, capability_targets
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
 from routing.metrics import (
@@ -916,6 +917,19 @@ class InferenceCall:
         )
 
 
+def capabilities_honour(ingress: Ingress, required: frozenset[str]) -> None:
+    """Narrow the ingress's route to the steps whose catalog model declares every capability
+    the request needs (tools, images, JSON mode, embeddings): the others are skipped; none
+    left is a 400 `model_capability_missing` (routing/decide/capabilities.py). Streaming is
+    not checked here (every adapter streams)."""
+    route = ingress.route
+    if not required or route is None:
+        return
+    eligible = capability_targets(route.targets, required)
+    if len(eligible) != len(route.targets):
+        ingress.route = dataclasses.replace(route, targets=tuple(eligible))
+
+
 async def inference_call_open(
     *,
     ingress: Ingress,
@@ -925,6 +939,15 @@ async def inference_call_open(
     the ingress's resolved route, admitted against the key's and tenant's limits. A refusal
     raises GatewayError (429/402 with its headers), ready for `ingress_reject`."""
     price_changing_params_refuse(chat)
+    capabilities_honour(
+        ingress,
+        capabilities_required(
+            messages=chat.messages,
+            tools=chat.tools,
+            functions=chat.extra.get("functions"),
+            response_format=chat.extra.get("response_format"),
+        ),
+    )
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
     extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
     try:
@@ -938,6 +961,7 @@ async def inference_call_open(
 
 async def embedding_call_open(*, ingress: Ingress, inputs: list) -> InferenceCall:
     """The opening of an embeddings call: admitted on the size of its input (no output)."""
+    capabilities_honour(ingress, capabilities_required(endpoint="embeddings"))
     call = InferenceCall.for_ingress(ingress)
     call._embedding_inputs = inputs
     try:
