@@ -48,6 +48,7 @@ from routing.breakers import (
     breaker_acquire,
     breaker_available_targets,
     breaker_record,
+    breaker_should_retry,
     circuit_open_error,
 )
 from routing.cache import (
@@ -67,6 +68,7 @@ from routing.cache import (
     CacheWrite as _CacheWrite,
 )
 from routing.cache_embedding import EmbedderUnavailable, embedder_get
+from routing.decide.attempts import AttemptBudget, should_retry_header
 from routing.decide.capabilities import capabilities_required, capability_targets
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
@@ -160,6 +162,10 @@ class InferenceCall:
         self.deadline_s = max(1.0, self.hold_s - float(settings.GATEWAY_HOLD_MARGIN_SECONDS))
         self.admission: Admission | None = None
         self.attempts: list[AttemptRecord] = []
+        # Every upstream attempt of the chain, retries included, and every backoff draw on
+        # one budget capped by the route (options.max_attempts / max_total_wait_ms).
+        self.budget = AttemptBudget.for_route(route)
+        self._move_on = False
         self.served: Target | None = None
         self.usage: Usage | None = None
         self.ttft_ms: float | None = None
@@ -319,8 +325,11 @@ class InferenceCall:
             headers["x-gateway-model"] = self.served.model.name
             headers["x-gateway-provider"] = self.served.provider.name
         headers["x-gateway-route"] = self.route.name
+        headers["x-gateway-strategy"] = self.route.strategy
+        headers["x-gateway-attempts"] = str(len(self.attempts))
         headers["x-gateway-fallbacks"] = str(self.fallbacks)
         headers["x-gateway-cost-usd"] = format(self.cost, "f")
+        headers.update(should_retry_header(self.budget))
         if self.cache_state:
             headers["x-gateway-cache"] = self.cache_state
             if self.cache_age_s is not None:
@@ -530,20 +539,31 @@ class InferenceCall:
         for target in targets:
             retries = max(0, target.provider.max_retries)
             for retry_index in range(retries + 1):
+                if self.budget.exhausted:
+                    break
                 if not breaker_acquire(target):
                     break
+                self.budget.take()
                 tried = True
                 yield target, retry_index
+                if self._move_on:
+                    # The attempt said "next step": its remaining retries are not claimed.
+                    self._move_on = False
+                    break
         if not tried:
             raise circuit_open_error(targets, route_name=self.route.name)
 
     async def _handle_failure(self, target: Target, exc: ProviderError, retry_index: int) -> str:
-        """Returns 'raise', 'retry' or 'next'."""
+        """Returns 'raise', 'retry' or 'next'. An upstream 401/403 is never retried on the same
+        deployment (the next step may hold other credentials); a backoff that would exceed
+        the route's total wait moves on to the next step at once."""
         if not exc.retryable:
             return "raise"
-        if retry_index < max(0, target.provider.max_retries):
+        if retry_index < max(0, target.provider.max_retries) and breaker_should_retry(exc):
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
             delay = retry_delay(retry_index, retry_after)
+            if delay is not None:
+                delay = self.budget.wait(delay)
             if delay is not None:
                 await asyncio.sleep(delay)
                 return "retry"
@@ -553,10 +573,7 @@ class InferenceCall:
         if self._cached is not None:
             return self._cached_response()
         last_error: ProviderError | None = None
-        skip_target: Target | None = None
         async for target, retry_index in self._attempts():
-            if target is skip_target:
-                continue
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             self._inflight = target
@@ -572,8 +589,7 @@ class InferenceCall:
                 decision = await self._handle_failure(target, exc, retry_index)
                 if decision == "raise":
                     raise
-                if decision == "next":
-                    skip_target = target
+                self._move_on = decision == "next"
                 continue
             self._landed(target, None)
             self._record(target, started, 200)
@@ -594,10 +610,7 @@ class InferenceCall:
                 yield chunk
             return
         last_error: ProviderError | None = None
-        skip_target: Target | None = None
         async for target, retry_index in self._attempts():
-            if target is skip_target:
-                continue
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             iterator = adapter.stream_chat(self._request_for(chat, target))
@@ -636,8 +649,7 @@ class InferenceCall:
             decision = await self._handle_failure(target, exc, retry_index)
             if decision == "raise":
                 raise exc
-            if decision == "next":
-                skip_target = target
+            self._move_on = decision == "next"
         assert last_error is not None
         raise last_error
 
@@ -665,6 +677,8 @@ class InferenceCall:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         last_error: ProviderError | None = None
         for target in target_order(self.route):
+            if not self.budget.take():
+                break
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             self._inflight = target

@@ -270,6 +270,18 @@ def ingress_error_response(
     return error_response(error, headers)
 
 
+def call_error_response(ingress: Ingress, call: InferenceCall, exc: ProviderError) -> HttpResponse:
+    """The error answer of a call that failed upstream, with the call's gateway headers. Once
+    the gateway retried or fell back for the client (more than one upstream attempt) it says
+    `x-should-retry: false`, even over an upstream's Retry-After: a client retrying on top
+    would multiply the load."""
+    error = gateway_error_from_provider(exc)
+    headers = call.gateway_headers()
+    if "x-should-retry" in headers:
+        error.headers["x-should-retry"] = headers["x-should-retry"]
+    return ingress_error_response(ingress, error, headers)
+
+
 async def ingress_reject(ingress: Ingress, error: GatewayError) -> HttpResponse:
     """Answer a refusal that happened before any upstream call; with a known key it leaves
     the request's one usage event, without one only metrics and a log line."""
@@ -357,9 +369,7 @@ async def call_respond(
         try:
             pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
         except ProviderError as exc:
-            return ingress_error_response(
-                ingress, gateway_error_from_provider(exc), call.gateway_headers()
-            )
+            return call_error_response(ingress, call, exc)
         response = StreamingHttpResponse(
             sse_stream(call=call, pump=pump, encoder=encoder()), content_type="text/event-stream"
         )
@@ -367,7 +377,5 @@ async def call_respond(
     try:
         result = await call.run_complete(chat)
     except ProviderError as exc:
-        return ingress_error_response(
-            ingress, gateway_error_from_provider(exc), call.gateway_headers()
-        )
+        return call_error_response(ingress, call, exc)
     return await json_answer(ingress, call, body(result))

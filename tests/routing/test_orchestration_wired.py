@@ -127,3 +127,83 @@ async def test_no_capable_step_is_a_400_without_an_upstream_call(capable, path, 
         "model_capability_missing",
     )
     assert event.cost_usd == 0
+
+
+# -- 2. retries never multiply ------------------------------------------------------------------
+def _route_set(name: str, **fields) -> None:
+    from routing.models import Route
+
+    Route.objects.filter(name=name).update(**fields)
+
+
+@pytest.fixture
+def chain(env):
+    """Three steps on three providers of the fake upstream, each allowed two retries."""
+    fake = env["fake"]
+    models = [
+        model_on(fake_provider(fake, ProviderKind.OPENAI, name=f"ch-{i}", max_retries=2), f"ch-{i}")
+        for i in range(3)
+    ]
+    route("ch-chain", models)
+    route("ch-capped", models)
+    _route_set("ch-capped", options={"max_attempts": 2, "max_total_wait_ms": 100})
+    caches_clear()
+    return env
+
+
+async def test_an_upstream_401_is_not_retried_on_the_same_deployment(chain):
+    fake = chain["fake"]
+    fake.script("401")
+    response = await _post("/v1/chat/completions", _chat("ch-chain"), chain["auth"])
+    assert response.status_code == 200
+    # Not retried on ch-0 (it had two retries left): straight to the next step.
+    assert [r.body["model"] for r in fake.requests] == ["ch-0", "ch-1"]
+    assert response["x-gateway-model"] == "ch-1"
+    assert response["x-should-retry"] == "false"
+
+
+async def test_a_403_on_every_step_tries_each_once_and_says_do_not_retry(chain):
+    fake = chain["fake"]
+    fake.script("403", "403", "403")
+    response = await _post("/v1/chat/completions", _chat("ch-chain"), chain["auth"])
+    assert response.status_code >= 400
+    assert [r.body["model"] for r in fake.requests] == ["ch-0", "ch-1", "ch-2"]
+    assert response["x-should-retry"] == "false"
+
+
+async def test_a_chain_stops_at_the_routes_attempt_cap(chain):
+    fake = chain["fake"]
+    fake.script(*["500"] * 9)
+    response = await _post("/v1/chat/completions", _chat("ch-capped"), chain["auth"])
+    assert response.status_code == 502
+    # 3 steps x 3 tries would be 9 attempts; the route caps the chain at 2.
+    assert len(fake.requests) == 2
+    assert response["x-should-retry"] == "false"
+    assert response["x-gateway-attempts"] == "2"
+    [event] = await usage_events_wait(1)
+    assert event.outcome == "error"
+    assert await event.attempts.acount() == 2
+
+
+async def test_a_backoff_over_the_total_wait_cap_falls_back_at_once(chain):
+    fake = chain["fake"]
+    # ch-0 asks for a 1 s pause: over the route's 100 ms of total wait, so no retry on ch-0.
+    fake.script("429:retry_after=1")
+    response = await _post("/v1/chat/completions", _chat("ch-capped"), chain["auth"])
+    assert response.status_code == 200
+    assert [r.body["model"] for r in fake.requests] == ["ch-0", "ch-1"]
+    assert response["x-should-retry"] == "false"
+
+
+async def test_without_a_cap_the_same_pause_is_waited_on_the_same_deployment(chain):
+    fake = chain["fake"]
+    fake.script("429:retry_after=0")
+    response = await _post("/v1/chat/completions", _chat("ch-chain"), chain["auth"])
+    assert response.status_code == 200
+    assert [r.body["model"] for r in fake.requests] == ["ch-0", "ch-0"]
+
+
+async def test_a_first_hand_answer_does_not_tell_the_client_anything_about_retrying(chain):
+    response = await _post("/v1/chat/completions", _chat("ch-chain"), chain["auth"])
+    assert response.status_code == 200
+    assert "x-should-retry" not in response
