@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -92,6 +92,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway.routing")
 
 RETRY_BASE_DELAY_S = 0.1
+# The usage event's error_type when the route's default message answered (outcome error,
+# status 200, cost 0).
+DEFAULT_MESSAGE = "default_message"
 RETRY_MAX_DELAY_S = 2.0
 
 
@@ -166,6 +169,8 @@ class InferenceCall:
         # one budget capped by the route (options.max_attempts / max_total_wait_ms).
         self.budget = AttemptBudget.for_route(route)
         self._move_on = False
+        # Every step failed and the route's default_message answered instead (billed 0).
+        self.default_message_used = False
         self.served: Target | None = None
         self.usage: Usage | None = None
         self.ttft_ms: float | None = None
@@ -330,6 +335,8 @@ class InferenceCall:
         headers["x-gateway-fallbacks"] = str(self.fallbacks)
         headers["x-gateway-cost-usd"] = format(self.cost, "f")
         headers.update(should_retry_header(self.budget))
+        if self.default_message_used:
+            headers["x-gateway-default-message"] = "true"
         if self.cache_state:
             headers["x-gateway-cache"] = self.cache_state
             if self.cache_age_s is not None:
@@ -704,14 +711,21 @@ class InferenceCall:
         raise last_error
 
     # -- running, settled on every exit -------------------------------------------------
-    async def run_settled(self, work: Awaitable[Any]) -> Any:
+    async def run_settled(
+        self, work: Awaitable[Any], *, default: Callable[[], Any] | None = None
+    ) -> Any:
         """Await `work` (one attempt loop) under the call's deadline and settle however it
-        ends: ok, a provider error (re-raised), the deadline (ProviderTimeout), a cancellation
-        (the client left; re-raised) or a crash of ours (re-raised)."""
+        ends: ok, a provider error (re-raised; or, when every step failed and the route has
+        a default_message, `default()` settled at cost 0), the deadline (ProviderTimeout), a
+        cancellation (the client left; re-raised) or a crash of ours (re-raised)."""
         try:
             async with asyncio.timeout(self.deadline_s):
                 result = await work
         except ProviderError as exc:
+            if default is not None and self._default_applies(exc):
+                self.default_message_used = True
+                await self.finish(status_code=200, outcome="error", error_type=DEFAULT_MESSAGE)
+                return default()
             await self.finish(status_code=exc.status, outcome="error", error_type=exc.code)
             raise
         except TimeoutError:
@@ -736,7 +750,30 @@ class InferenceCall:
 
     async def run_complete(self, chat: ChatRequest) -> ChatResponse:
         """The whole answer, settled. Raises ProviderError (already settled as an error)."""
-        return await self.run_settled(self.complete(chat))
+        return await self.run_settled(self.complete(chat), default=self._default_response)
+
+    # -- the route's default message -------------------------------------------------------
+    def _default_applies(self, exc: ProviderError) -> bool:
+        """Every step failed (an upstream failure, not a refusal of this request's content)
+        and the route says what to answer then."""
+        return bool(self.route.default_message) and exc.retryable and self.served is None
+
+    def _default_response(self) -> ChatResponse:
+        return ChatResponse(
+            id=f"chatcmpl-{random.getrandbits(116):029x}",
+            model=self.route.name,
+            content=self.route.default_message,
+            finish_reason="stop",
+            usage=Usage(),
+            created=int(time.time()),
+        )
+
+    def _default_chunks(self) -> list[Chunk]:
+        return [
+            Chunk(role="assistant", content=self.route.default_message),
+            Chunk(finish_reason="stop"),
+            Chunk(usage=Usage()),
+        ]
 
     async def run_embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embeddings, settled. Raises ProviderError (already settled as an error)."""
@@ -753,8 +790,15 @@ class InferenceCall:
                 yield chunk
             status, outcome, error_type = 200, "ok", ""
         except ProviderError as exc:
-            status, outcome, error_type = exc.status, "error", exc.code
-            raise
+            if not self._default_applies(exc):
+                status, outcome, error_type = exc.status, "error", exc.code
+                raise
+            # Nothing was streamed yet: the route's default message is the answer.
+            self.default_message_used = True
+            status, outcome, error_type = 200, "error", DEFAULT_MESSAGE
+            for chunk in self._default_chunks():
+                self._observe(chunk)
+                yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             if self._inflight is not None:
                 self._dispatched_unanswered = self._inflight
@@ -842,6 +886,9 @@ class InferenceCall:
                 cache_read_price_per_mtok=target.model.cache_read_price_per_mtok,
                 cache_write_price_per_mtok=target.model.cache_write_price_per_mtok,
             )
+        if self.default_message_used:
+            # The route's default message answered: the tenant is billed nothing.
+            self.cost = Decimal(0)
         if self._cached is not None and outcome == "ok":
             # Served from the response cache: charged per the route's policy (free or a
             # fraction of what the original call cost), the rest recorded as saved.

@@ -346,7 +346,7 @@ async def json_answer(ingress: Ingress, call: InferenceCall, body: dict) -> Http
     """The JSON answer of a settled call (kept for Idempotency-Key replays when asked)."""
     content = orjson.dumps(body)
     headers = {**call.gateway_headers(), **ingress.headers}
-    if ingress.idempotency is not None:
+    if ingress.idempotency is not None and not call.default_message_used:
         await idempotency_complete(ingress.idempotency, body=content, headers=headers)
     return _with_headers(HttpResponse(content, content_type="application/json"), headers)
 

@@ -207,3 +207,94 @@ async def test_a_first_hand_answer_does_not_tell_the_client_anything_about_retry
     response = await _post("/v1/chat/completions", _chat("ch-chain"), chain["auth"])
     assert response.status_code == 200
     assert "x-should-retry" not in response
+
+
+# -- 3. the route's default message -------------------------------------------------------------
+SORRY = "We are busy right now; please try again in a minute."
+
+
+@pytest.fixture
+def defaulted(env):
+    fake = env["fake"]
+    models = [
+        model_on(fake_provider(fake, ProviderKind.OPENAI, name=f"dm-{i}"), f"dm-{i}")
+        for i in range(2)
+    ]
+    route("dm-chain", models)
+    _route_set("dm-chain", default_message=SORRY)
+    route("dm-plain", models)
+    anthropic = fake_provider(fake, ProviderKind.ANTHROPIC, name="dm-claude")
+    route("dm-claude", [model_on(anthropic, "dm-claude-model")])
+    _route_set("dm-claude", default_message=SORRY)
+    caches_clear()
+    return env
+
+
+async def test_every_step_failing_answers_the_default_message_billed_zero(defaulted):
+    fake = defaulted["fake"]
+    fake.script("500", "503")
+    response = await _post("/v1/chat/completions", _chat("dm-chain"), defaulted["auth"])
+    assert response.status_code == 200, response.content
+    body = orjson.loads(response.content)
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == SORRY
+    assert response["x-gateway-default-message"] == "true"
+    assert response["x-gateway-cost-usd"] == "0"
+    assert response["x-gateway-attempts"] == "2"
+    assert len(fake.requests) == 2
+    [event] = await usage_events_wait(1)
+    assert (event.outcome, event.status_code, event.error_type) == ("error", 200, "default_message")
+    assert event.cost_usd == 0
+    assert await event.attempts.acount() == 2
+
+
+async def test_the_default_message_streams_in_the_endpoints_shape(defaulted):
+    fake = defaulted["fake"]
+    fake.script("500", "500")
+    response = await _post(
+        "/v1/chat/completions", _chat("dm-chain", stream=True), defaulted["auth"]
+    )
+    assert response.status_code == 200
+    assert response["x-gateway-default-message"] == "true"
+    text = b"".join([part async for part in response.streaming_content]).decode()
+    deltas = [
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content")
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
+    assert "".join(d for d in deltas if d) == SORRY
+    assert text.rstrip().endswith("data: [DONE]")
+    [event] = await usage_events_wait(1)
+    assert (event.outcome, event.status_code, event.cost_usd) == ("error", 200, 0)
+
+
+async def test_the_default_message_answers_in_anthropics_shape_on_messages(defaulted):
+    fake = defaulted["fake"]
+    fake.script("529")
+    response = await _post(
+        "/v1/messages",
+        {"model": "dm-claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]},
+        defaulted["auth"],
+    )
+    assert response.status_code == 200, response.content
+    body = orjson.loads(response.content)
+    assert body["type"] == "message" and body["content"][0]["text"] == SORRY
+    assert response["x-gateway-default-message"] == "true"
+
+
+async def test_without_a_default_message_the_last_error_says_do_not_retry(defaulted):
+    fake = defaulted["fake"]
+    fake.script("500", "503")
+    response = await _post("/v1/chat/completions", _chat("dm-plain"), defaulted["auth"])
+    assert response.status_code in (502, 503)
+    assert response["x-should-retry"] == "false"
+    assert "x-gateway-default-message" not in response
+
+
+async def test_a_request_the_upstream_refuses_as_invalid_is_not_hidden_by_the_default(defaulted):
+    fake = defaulted["fake"]
+    fake.script("400")
+    response = await _post("/v1/chat/completions", _chat("dm-chain"), defaulted["auth"])
+    assert response.status_code == 400
+    assert "x-gateway-default-message" not in response
+    assert len(fake.requests) == 1
