@@ -298,3 +298,81 @@ async def test_a_request_the_upstream_refuses_as_invalid_is_not_hidden_by_the_de
     assert response.status_code == 400
     assert "x-gateway-default-message" not in response
     assert len(fake.requests) == 1
+
+
+# -- 4. every answer says how it was routed -------------------------------------------------------
+@pytest.fixture
+def explained(env):
+    fake = env["fake"]
+    first = fake_provider(fake, ProviderKind.OPENAI, name="ex-a")
+    second = fake_provider(fake, ProviderKind.OPENAI, name="ex-b")
+    models = [
+        model_on(first, "ex-a", supports_embeddings=True),
+        model_on(second, "ex-b", supports_embeddings=True),
+    ]
+    route("ex-chain", models)
+    route("ex-split", models, strategy="loadbalance")
+    anthropic = fake_provider(fake, ProviderKind.ANTHROPIC, name="ex-claude")
+    route("ex-claude", [model_on(anthropic, "ex-claude-model")])
+    caches_clear()
+    return env
+
+
+def _routing_headers(response) -> tuple[str, str, str, str]:
+    return (
+        response["x-gateway-strategy"],
+        response["x-gateway-attempts"],
+        response["x-gateway-fallbacks"],
+        response["x-gateway-model"],
+    )
+
+
+async def test_a_fallback_answer_names_its_strategy_and_counts_its_attempts(explained):
+    explained["fake"].script("502")
+    response = await _post("/v1/chat/completions", _chat("ex-chain"), explained["auth"])
+    assert response.status_code == 200
+    assert _routing_headers(response) == ("fallback", "2", "1", "ex-b")
+    assert response["x-gateway-provider"] == "ex-b"
+
+
+async def test_a_first_hand_answer_counts_one_attempt(explained):
+    response = await _post("/v1/chat/completions", _chat("ex-chain"), explained["auth"])
+    assert _routing_headers(response) == ("fallback", "1", "0", "ex-a")
+
+
+async def test_a_loadbalanced_answer_names_loadbalance(explained):
+    response = await _post("/v1/chat/completions", _chat("ex-split"), explained["auth"])
+    assert response.status_code == 200
+    assert response["x-gateway-strategy"] == "loadbalance"
+    assert response["x-gateway-attempts"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", _chat("ex-chain", stream=True)),
+        ("/v1/embeddings", {"model": "ex-chain", "input": ["a"]}),
+        ("/api/v1/generate", {"model": "ex-chain", "prompt": "hi"}),
+        (
+            "/v1/messages",
+            {"model": "ex-claude", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]},
+        ),
+    ],
+)
+async def test_every_endpoint_carries_the_routing_headers(explained, path, body):
+    response = await _post(path, body, explained["auth"])
+    assert response.status_code == 200, response.content
+    if getattr(response, "streaming", False):
+        _ = [part async for part in response.streaming_content]
+    assert response["x-gateway-strategy"] == "fallback"
+    assert response["x-gateway-attempts"] == "1"
+    assert response["x-gateway-model"] in ("ex-a", "ex-claude-model")
+
+
+async def test_an_error_answer_carries_them_too(explained):
+    explained["fake"].script("500", "500")
+    response = await _post("/v1/chat/completions", _chat("ex-chain"), explained["auth"])
+    assert response.status_code == 502
+    assert response["x-gateway-strategy"] == "fallback"
+    assert response["x-gateway-attempts"] == "2"
+    assert response["x-gateway-fallbacks"] == "1"
