@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -235,17 +235,23 @@ async def ingress_open(
     request: HttpRequest,
     *,
     parse: type[BaseModel] | Callable[[Any], Any],
+    route_for: Callable[[Ingress, Any], Awaitable[ResolvedRoute]] | None = None,
 ) -> Any:
     """Authenticate (before the body is read), decode and validate the body with `parse` (a
     pydantic model, or a function of the decoded JSON raising GatewayError) and resolve the
-    payload's `model`. Returns the payload; raises GatewayError."""
+    payload's `model` (or, with `route_for`, let it choose the route and set it on the
+    ingress). Returns the payload; raises GatewayError."""
     await ingress_authenticate(ingress, request_raw_key(request))
     data = body_json(request)
     if isinstance(parse, type) and issubclass(parse, BaseModel):
         payload = payload_validate(parse, data)
     else:
         payload = parse(data)
-    route = await ingress_resolve(ingress, payload.model)
+    if route_for is not None:
+        route = await route_for(ingress, payload)
+        ingress.route = route
+    else:
+        route = await ingress_resolve(ingress, payload.model)
     raw_idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY")
     if raw_idempotency_key is not None:
         assert ingress.policy is not None

@@ -376,3 +376,142 @@ async def test_an_error_answer_carries_them_too(explained):
     assert response["x-gateway-strategy"] == "fallback"
     assert response["x-gateway-attempts"] == "2"
     assert response["x-gateway-fallbacks"] == "1"
+
+
+# -- 5. the orchestration seed's native API --------------------------------------------------------
+@pytest.fixture
+def seeded(env):
+    from decimal import Decimal
+
+    from tests.factories import ModelFactory
+
+    fake = env["fake"]
+
+    def model(name: str, price_in: str, price_out: str, quality: float):
+        return ModelFactory(
+            name=name,
+            provider=fake_provider(fake, ProviderKind.OPENAI, name=f"p-{name}"),
+            upstream_model=name,
+            input_price_per_mtok=Decimal(price_in),
+            output_price_per_mtok=Decimal(price_out),
+            quality={"summarize": quality, "sentiment": quality},
+        )
+
+    cheap = model("seed-mini", "0.15", "0.60", 0.6)
+    dear = model("seed-large", "5.00", "15.00", 0.95)
+    route("seed-route", [dear, cheap])
+    caches_clear()
+    return env
+
+
+TEXT = "The quarterly report shows revenue grew 12% while costs fell. " * 5
+
+
+async def test_the_seed_request_without_a_model_is_routed_by_preference(seeded):
+    fake = seeded["fake"]
+    body = {"task": "summarize", "model_preference": "cheap", "text": TEXT}
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert response.status_code == 200, response.content
+    answer = orjson.loads(response.content)
+    assert answer["success"] is True and answer["result"]
+    assert answer["request_id"].startswith("req_")
+    routing = answer["routing"]
+    assert routing["selected_model"] == "seed-mini"
+    assert routing["task"] == "summarize" and routing["strategy"] == "scored"
+    for name in ("reason", "cost_score", "latency_score", "quality_score", "final_score"):
+        assert name in routing
+    assert {c["model"] for c in routing["candidates"]} == {"seed-mini", "seed-large"}
+    usage = answer["usage"]
+    assert usage["input_tokens"] > 0 and usage["total_cost_usd"] > 0
+    # Against the dearest candidate that could have served it.
+    assert usage["savings_usd"] > 0
+    assert set(answer["performance"]) == {"total_time_ms", "routing_time_ms", "inference_time_ms"}
+    # The task's template went upstream: our system prompt, then the text.
+    sent = fake.requests[0].body["messages"]
+    assert sent[0]["role"] == "system" and "summarize" in sent[0]["content"]
+    assert TEXT.strip() in sent[-1]["content"]
+    assert response["x-gateway-model"] == "seed-mini"
+    [event] = await usage_events_wait(1)
+    assert event.route == "auto" and event.endpoint == "generate" and event.outcome == "ok"
+
+
+async def test_best_prefers_the_higher_quality_model(seeded):
+    body = {"task": "summarize", "model_preference": "best", "text": TEXT}
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert orjson.loads(response.content)["routing"]["selected_model"] == "seed-large"
+
+
+async def test_the_task_is_classified_when_the_request_names_none(seeded):
+    body = {"model_preference": "cheap", "text": "Please summarize this article for me: " + TEXT}
+    answer = orjson.loads((await _post("/api/v1/generate", body, seeded["auth"])).content)
+    assert answer["routing"]["task"] == "summarize"
+    assert answer["routing"]["task_rule"] == "patterns"
+
+
+async def test_a_named_route_with_messages_keeps_its_candidates(seeded):
+    body = {
+        "model": "seed-route",
+        "task": "chat",
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert response.status_code == 200, response.content
+    answer = orjson.loads(response.content)
+    # No preference on a fallback route: the chain as written.
+    assert answer["routing"]["selected_model"] == "seed-large"
+    assert answer["routing"]["strategy"] == "fallback"
+    assert answer["usage"]["savings_usd"] == 0
+
+
+async def test_the_prompt_shape_of_today_is_unchanged(seeded):
+    response = await _post(
+        "/api/v1/generate", {"model": "seed-route", "prompt": "hi"}, seeded["auth"]
+    )
+    answer = orjson.loads(response.content)
+    assert set(answer) == {"id", "model", "text", "finish_reason", "usage"}
+
+
+async def test_constraints_nothing_satisfies_are_a_400_naming_each_candidate(seeded):
+    fake = seeded["fake"]
+    body = {"task": "summarize", "text": TEXT, "constraints": {"max_cost_usd": 0.0000001}}
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert response.status_code == 400
+    error = orjson.loads(response.content)["error"]
+    assert error["code"] == "no_candidate_satisfies_constraints"
+    assert {c["model"] for c in error["candidates"]} == {"seed-mini", "seed-large"}
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"task": "poetry", "text": "x"}, "task"),
+        ({"model_preference": "fastest", "text": "x"}, "model_preference"),
+        ({"text": "x", "prompt": "y"}, "text"),
+        ({"task": "chat"}, "prompt"),
+        ({"text": "x", "constraints": {"max_cost_usd": -1}}, "constraints"),
+        ({"text": "x", "constraints": "cheap"}, "constraints"),
+    ],
+)
+async def test_hostile_seed_bodies_are_400s_naming_the_field(seeded, body, param):
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert response.status_code == 400, response.content
+    assert orjson.loads(response.content)["error"]["param"] == param
+    assert seeded["fake"].requests == []
+
+
+async def test_the_seed_shape_flags_a_default_message(seeded):
+    fake = seeded["fake"]
+    from routing.models import Route
+
+    await Route.objects.filter(name="seed-route").aupdate(default_message=SORRY)
+    caches_clear()
+    fake.script("500", "500")
+    body = {"model": "seed-route", "task": "chat", "text": "hello"}
+    response = await _post("/api/v1/generate", body, seeded["auth"])
+    assert response.status_code == 200
+    answer = orjson.loads(response.content)
+    assert answer["result"] == SORRY
+    assert answer["is_default_message"] is True and answer["success"] is False
+    assert answer["usage"]["total_cost_usd"] == 0
+    assert response["x-gateway-default-message"] == "true"
