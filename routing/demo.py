@@ -39,6 +39,8 @@ def _demo_model(*, name: str, provider: Provider, price_in: str, price_out: str)
         output_price_per_mtok=Decimal(price_out),
         context_window=128000,
         max_output_tokens=4096,
+        # The mock provider answers embeddings, so its demo models declare them.
+        supports_embeddings=True,
     )
 
 

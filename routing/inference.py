@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +48,7 @@ from routing.breakers import (
     breaker_acquire,
     breaker_available_targets,
     breaker_record,
+    breaker_should_retry,
     circuit_open_error,
 )
 from routing.cache import (
@@ -67,6 +68,8 @@ from routing.cache import (
     CacheWrite as _CacheWrite,
 )
 from routing.cache_embedding import EmbedderUnavailable, embedder_get
+from routing.decide.attempts import AttemptBudget, should_retry_header
+from routing.decide.capabilities import capabilities_required, capability_targets
 from routing.errors import gateway_error_from_admission
 from routing.idempotency import IdempotencyClaim, idempotency_complete, idempotency_release
 from routing.metrics import (
@@ -89,6 +92,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway.routing")
 
 RETRY_BASE_DELAY_S = 0.1
+# The usage event's error_type when the route's default message answered (outcome error,
+# status 200, cost 0).
+DEFAULT_MESSAGE = "default_message"
 RETRY_MAX_DELAY_S = 2.0
 
 
@@ -159,6 +165,12 @@ class InferenceCall:
         self.deadline_s = max(1.0, self.hold_s - float(settings.GATEWAY_HOLD_MARGIN_SECONDS))
         self.admission: Admission | None = None
         self.attempts: list[AttemptRecord] = []
+        # Every upstream attempt of the chain, retries included, and every backoff draw on
+        # one budget capped by the route (options.max_attempts / max_total_wait_ms).
+        self.budget = AttemptBudget.for_route(route)
+        self._move_on = False
+        # Every step failed and the route's default_message answered instead (billed 0).
+        self.default_message_used = False
         self.served: Target | None = None
         self.usage: Usage | None = None
         self.ttft_ms: float | None = None
@@ -318,8 +330,13 @@ class InferenceCall:
             headers["x-gateway-model"] = self.served.model.name
             headers["x-gateway-provider"] = self.served.provider.name
         headers["x-gateway-route"] = self.route.name
+        headers["x-gateway-strategy"] = self.route.strategy
+        headers["x-gateway-attempts"] = str(len(self.attempts))
         headers["x-gateway-fallbacks"] = str(self.fallbacks)
         headers["x-gateway-cost-usd"] = format(self.cost, "f")
+        headers.update(should_retry_header(self.budget))
+        if self.default_message_used:
+            headers["x-gateway-default-message"] = "true"
         if self.cache_state:
             headers["x-gateway-cache"] = self.cache_state
             if self.cache_age_s is not None:
@@ -529,20 +546,31 @@ class InferenceCall:
         for target in targets:
             retries = max(0, target.provider.max_retries)
             for retry_index in range(retries + 1):
+                if self.budget.exhausted:
+                    break
                 if not breaker_acquire(target):
                     break
+                self.budget.take()
                 tried = True
                 yield target, retry_index
+                if self._move_on:
+                    # The attempt said "next step": its remaining retries are not claimed.
+                    self._move_on = False
+                    break
         if not tried:
             raise circuit_open_error(targets, route_name=self.route.name)
 
     async def _handle_failure(self, target: Target, exc: ProviderError, retry_index: int) -> str:
-        """Returns 'raise', 'retry' or 'next'."""
+        """Returns 'raise', 'retry' or 'next'. An upstream 401/403 is never retried on the same
+        deployment (the next step may hold other credentials); a backoff that would exceed
+        the route's total wait moves on to the next step at once."""
         if not exc.retryable:
             return "raise"
-        if retry_index < max(0, target.provider.max_retries):
+        if retry_index < max(0, target.provider.max_retries) and breaker_should_retry(exc):
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
             delay = retry_delay(retry_index, retry_after)
+            if delay is not None:
+                delay = self.budget.wait(delay)
             if delay is not None:
                 await asyncio.sleep(delay)
                 return "retry"
@@ -552,10 +580,7 @@ class InferenceCall:
         if self._cached is not None:
             return self._cached_response()
         last_error: ProviderError | None = None
-        skip_target: Target | None = None
         async for target, retry_index in self._attempts():
-            if target is skip_target:
-                continue
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             self._inflight = target
@@ -571,8 +596,7 @@ class InferenceCall:
                 decision = await self._handle_failure(target, exc, retry_index)
                 if decision == "raise":
                     raise
-                if decision == "next":
-                    skip_target = target
+                self._move_on = decision == "next"
                 continue
             self._landed(target, None)
             self._record(target, started, 200)
@@ -593,10 +617,7 @@ class InferenceCall:
                 yield chunk
             return
         last_error: ProviderError | None = None
-        skip_target: Target | None = None
         async for target, retry_index in self._attempts():
-            if target is skip_target:
-                continue
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             iterator = adapter.stream_chat(self._request_for(chat, target))
@@ -635,8 +656,7 @@ class InferenceCall:
             decision = await self._handle_failure(target, exc, retry_index)
             if decision == "raise":
                 raise exc
-            if decision == "next":
-                skip_target = target
+            self._move_on = decision == "next"
         assert last_error is not None
         raise last_error
 
@@ -664,6 +684,8 @@ class InferenceCall:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         last_error: ProviderError | None = None
         for target in target_order(self.route):
+            if not self.budget.take():
+                break
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             self._inflight = target
@@ -689,14 +711,21 @@ class InferenceCall:
         raise last_error
 
     # -- running, settled on every exit -------------------------------------------------
-    async def run_settled(self, work: Awaitable[Any]) -> Any:
+    async def run_settled(
+        self, work: Awaitable[Any], *, default: Callable[[], Any] | None = None
+    ) -> Any:
         """Await `work` (one attempt loop) under the call's deadline and settle however it
-        ends: ok, a provider error (re-raised), the deadline (ProviderTimeout), a cancellation
-        (the client left; re-raised) or a crash of ours (re-raised)."""
+        ends: ok, a provider error (re-raised; or, when every step failed and the route has
+        a default_message, `default()` settled at cost 0), the deadline (ProviderTimeout), a
+        cancellation (the client left; re-raised) or a crash of ours (re-raised)."""
         try:
             async with asyncio.timeout(self.deadline_s):
                 result = await work
         except ProviderError as exc:
+            if default is not None and self._default_applies(exc):
+                self.default_message_used = True
+                await self.finish(status_code=200, outcome="error", error_type=DEFAULT_MESSAGE)
+                return default()
             await self.finish(status_code=exc.status, outcome="error", error_type=exc.code)
             raise
         except TimeoutError:
@@ -721,7 +750,30 @@ class InferenceCall:
 
     async def run_complete(self, chat: ChatRequest) -> ChatResponse:
         """The whole answer, settled. Raises ProviderError (already settled as an error)."""
-        return await self.run_settled(self.complete(chat))
+        return await self.run_settled(self.complete(chat), default=self._default_response)
+
+    # -- the route's default message -------------------------------------------------------
+    def _default_applies(self, exc: ProviderError) -> bool:
+        """Every step failed (an upstream failure, not a refusal of this request's content)
+        and the route says what to answer then."""
+        return bool(self.route.default_message) and exc.retryable and self.served is None
+
+    def _default_response(self) -> ChatResponse:
+        return ChatResponse(
+            id=f"chatcmpl-{random.getrandbits(116):029x}",
+            model=self.route.name,
+            content=self.route.default_message,
+            finish_reason="stop",
+            usage=Usage(),
+            created=int(time.time()),
+        )
+
+    def _default_chunks(self) -> list[Chunk]:
+        return [
+            Chunk(role="assistant", content=self.route.default_message),
+            Chunk(finish_reason="stop"),
+            Chunk(usage=Usage()),
+        ]
 
     async def run_embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embeddings, settled. Raises ProviderError (already settled as an error)."""
@@ -738,8 +790,15 @@ class InferenceCall:
                 yield chunk
             status, outcome, error_type = 200, "ok", ""
         except ProviderError as exc:
-            status, outcome, error_type = exc.status, "error", exc.code
-            raise
+            if not self._default_applies(exc):
+                status, outcome, error_type = exc.status, "error", exc.code
+                raise
+            # Nothing was streamed yet: the route's default message is the answer.
+            self.default_message_used = True
+            status, outcome, error_type = 200, "error", DEFAULT_MESSAGE
+            for chunk in self._default_chunks():
+                self._observe(chunk)
+                yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             if self._inflight is not None:
                 self._dispatched_unanswered = self._inflight
@@ -830,6 +889,9 @@ class InferenceCall:
                 cache_read_price_per_mtok=target.model.cache_read_price_per_mtok,
                 cache_write_price_per_mtok=target.model.cache_write_price_per_mtok,
             )
+        if self.default_message_used:
+            # The route's default message answered: the tenant is billed nothing.
+            self.cost = Decimal(0)
         if self._cached is not None and outcome == "ok":
             # Served from the response cache: charged per the route's policy (free or a
             # fraction of what the original call cost), the rest recorded as saved.
@@ -919,6 +981,19 @@ class InferenceCall:
         )
 
 
+def capabilities_honour(ingress: Ingress, required: frozenset[str]) -> None:
+    """Narrow the ingress's route to the steps whose catalog model declares every capability
+    the request needs (tools, images, JSON mode, embeddings): the others are skipped; none
+    left is a 400 `model_capability_missing` (routing/decide/capabilities.py). Streaming is
+    not checked here (every adapter streams)."""
+    route = ingress.route
+    if not required or route is None:
+        return
+    eligible = capability_targets(route.targets, required)
+    if len(eligible) != len(route.targets):
+        ingress.route = dataclasses.replace(route, targets=tuple(eligible))
+
+
 async def inference_call_open(
     *,
     ingress: Ingress,
@@ -928,6 +1003,15 @@ async def inference_call_open(
     the ingress's resolved route, admitted against the key's and tenant's limits. A refusal
     raises GatewayError (429/402 with its headers), ready for `ingress_reject`."""
     price_changing_params_refuse(chat)
+    capabilities_honour(
+        ingress,
+        capabilities_required(
+            messages=chat.messages,
+            tools=chat.tools,
+            functions=chat.extra.get("functions"),
+            response_format=chat.extra.get("response_format"),
+        ),
+    )
     call = InferenceCall.for_ingress(ingress, stream=chat.stream)
     extra = [chat.tool_choice, chat.stop, chat.extra] if (chat.tool_choice or chat.extra) else None
     tools = chat.tools
@@ -947,6 +1031,7 @@ async def inference_call_open(
 
 async def embedding_call_open(*, ingress: Ingress, inputs: list) -> InferenceCall:
     """The opening of an embeddings call: admitted on the size of its input (no output)."""
+    capabilities_honour(ingress, capabilities_required(endpoint="embeddings"))
     call = InferenceCall.for_ingress(ingress)
     call._embedding_inputs = inputs
     try:

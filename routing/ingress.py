@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -241,10 +241,12 @@ async def ingress_open(
     *,
     parse: type[BaseModel] | Callable[[Any], Any],
     idempotent: bool = True,
+    route_for: Callable[[Ingress, Any], Awaitable[ResolvedRoute]] | None = None,
 ) -> Any:
     """Authenticate (before the body is read), decode and validate the body with `parse` (a
     pydantic model, or a function of the decoded JSON raising GatewayError) and resolve the
-    payload's `model`; claim the Idempotency-Key when the endpoint has an answer to keep
+    payload's `model` (or, with `route_for`, let it choose the route and set it on the
+    ingress); claim the Idempotency-Key when the endpoint has an answer to keep
     (`idempotent`; free lookups such as count_tokens ignore the header). Returns the
     payload; raises GatewayError."""
     await ingress_authenticate(ingress, request_raw_key(request))
@@ -253,7 +255,11 @@ async def ingress_open(
         payload = payload_validate(parse, data)
     else:
         payload = parse(data)
-    route = await ingress_resolve(ingress, payload.model)
+    if route_for is not None:
+        route = await route_for(ingress, payload)
+        ingress.route = route
+    else:
+        route = await ingress_resolve(ingress, payload.model)
     raw_idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY")
     if raw_idempotency_key is not None and idempotent:
         assert ingress.policy is not None
@@ -276,6 +282,18 @@ def ingress_error_response(
     if ingress.shape == "anthropic":
         return anthropic_error_response(error, headers)
     return error_response(error, headers)
+
+
+def call_error_response(ingress: Ingress, call: InferenceCall, exc: ProviderError) -> HttpResponse:
+    """The error answer of a call that failed upstream, with the call's gateway headers. Once
+    the gateway retried or fell back for the client (more than one upstream attempt) it says
+    `x-should-retry: false`, even over an upstream's Retry-After: a client retrying on top
+    would multiply the load."""
+    error = gateway_error_from_provider(exc)
+    headers = call.gateway_headers()
+    if "x-should-retry" in headers:
+        error.headers["x-should-retry"] = headers["x-should-retry"]
+    return ingress_error_response(ingress, error, headers)
 
 
 async def ingress_reject(ingress: Ingress, error: GatewayError) -> HttpResponse:
@@ -342,7 +360,7 @@ async def json_answer(ingress: Ingress, call: InferenceCall, body: dict) -> Http
     """The JSON answer of a settled call (kept for Idempotency-Key replays when asked)."""
     content = orjson.dumps(body)
     headers = {**call.gateway_headers(), **ingress.headers}
-    if ingress.idempotency is not None:
+    if ingress.idempotency is not None and not call.default_message_used:
         await idempotency_complete(ingress.idempotency, body=content, headers=headers)
     return _with_headers(HttpResponse(content, content_type="application/json"), headers)
 
@@ -391,9 +409,7 @@ async def call_respond(
         try:
             pump = await stream_start(call, chat, keepalive_s=keepalive_interval())
         except ProviderError as exc:
-            return ingress_error_response(
-                ingress, gateway_error_from_provider(exc), call.gateway_headers()
-            )
+            return call_error_response(ingress, call, exc)
         response = StreamingHttpResponse(
             sse_stream(call=call, pump=pump, encoder=stream_encoder),
             content_type="text/event-stream",
@@ -402,7 +418,5 @@ async def call_respond(
     try:
         result = await call.run_complete(chat)
     except ProviderError as exc:
-        return ingress_error_response(
-            ingress, gateway_error_from_provider(exc), call.gateway_headers()
-        )
+        return call_error_response(ingress, call, exc)
     return await json_answer_shaped(ingress, call, lambda: body(result))

@@ -269,11 +269,7 @@ async def sse_stream(
 def stream_headers(call: InferenceCall) -> dict[str, str]:
     """Headers of a stream response: what is known once the first chunk is in (the cost
     is not, so it is left out)."""
-    headers = (
-        call.gateway_headers()
-        if call.served is not None
-        else dict(call.rate_limit_headers, **{"x-gateway-route": call.route.name})
-    )
+    headers = call.gateway_headers()
     headers.pop("x-gateway-cost-usd", None)
     headers["Cache-Control"] = "no-cache"
     headers["X-Accel-Buffering"] = "no"

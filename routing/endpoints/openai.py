@@ -15,9 +15,10 @@ from ninja import Router
 from providers.types import ChatRequest, EmbeddingRequest, ProviderError
 from routing.endpoints.anthropic_extras import anthropic_models_response
 from routing.endpoints.responses import chat_completion_choices
-from routing.errors import GatewayError, gateway_error_from_provider
+from routing.errors import GatewayError
 from routing.inference import embedding_call_open, inference_call_open
 from routing.ingress import (
+    call_error_response,
     call_respond,
     ingress_authenticate,
     ingress_error_response,
@@ -176,9 +177,7 @@ async def embeddings(request: HttpRequest):
             EmbeddingRequest(model=payload.model, input=inputs, extra=extra)
         )
     except ProviderError as exc:
-        return ingress_error_response(
-            ingress, gateway_error_from_provider(exc), call.gateway_headers()
-        )
+        return call_error_response(ingress, call, exc)
     body = result.raw or {
         "object": "list",
         "data": [

@@ -13,10 +13,11 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from providers.types import ChatRequest, ProviderError
-from routing.errors import GatewayError, gateway_error_from_provider
+from routing.errors import GatewayError
 from routing.inference import InferenceCall, inference_call_open
 from routing.ingress import (
     Ingress,
+    call_error_response,
     call_respond,
     ingress_authenticate,
     ingress_error_response,
@@ -66,9 +67,7 @@ async def _choices_answer(
     try:
         answers = await call.run_settled(choices_complete(call, chats, n=n))
     except ProviderError as exc:
-        return ingress_error_response(
-            ingress, gateway_error_from_provider(exc), call.gateway_headers()
-        )
+        return call_error_response(ingress, call, exc)
     return await json_answer_shaped(ingress, call, lambda: shape(answers))
 
 

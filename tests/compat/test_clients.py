@@ -42,8 +42,18 @@ def get_weather(city: str) -> str:
 @pytest.fixture
 def catalog(transactional_db, fake_upstream_thread):
     fake = fake_upstream_thread
-    route("c-mock", [model_on(mock_provider("compat-mock"), "c-mock-model")])
-    route("c-openai", [model_on(fake_provider(fake, ProviderKind.OPENAI), "c-openai-model")])
+    route(
+        "c-mock",
+        [model_on(mock_provider("compat-mock"), "c-mock-model", supports_embeddings=True)],
+    )
+    route(
+        "c-openai",
+        [
+            model_on(
+                fake_provider(fake, ProviderKind.OPENAI), "c-openai-model", supports_embeddings=True
+            )
+        ],
+    )
     route("c-claude", [model_on(fake_provider(fake, ProviderKind.ANTHROPIC), "c-claude-model")])
     route("c-limited", [model_on(mock_provider("compat-limited"), "c-limited-model")])
     _, _, raw = tenant_key()

@@ -37,7 +37,7 @@ class Forecast(BaseModel):
 @pytest.fixture
 def mock_key(transactional_db) -> str:
     provider = mock_provider("mock-sdk", embedding_dimensions=12)
-    route("mock-chat", [model_on(provider, "mock-sdk-model")])
+    route("mock-chat", [model_on(provider, "mock-sdk-model", supports_embeddings=True)])
     _, _, raw = tenant_key()
     caches_clear()
     return raw

@@ -83,13 +83,15 @@ def fake_provider(
     )
 
 
-def model_on(provider: Provider, name: str, *, upstream: str | None = None) -> Model:
+def model_on(provider: Provider, name: str, *, upstream: str | None = None, **fields) -> Model:
+    """A catalog model (capabilities as the catalog defaults unless given in `fields`)."""
     return ModelFactory(
         name=name,
         provider=provider,
         upstream_model=upstream or name,
         input_price_per_mtok=Decimal("1.000000"),
         output_price_per_mtok=Decimal("2.000000"),
+        **fields,
     )
 
 

@@ -37,6 +37,7 @@ def catalog():
         input_price_per_mtok=Decimal("1.000000"),
         output_price_per_mtok=Decimal("2.000000"),
         supports_embeddings=True,
+        supports_vision=True,
     )
     route_create(name="resv-chat", models=[model])
     tenant = TenantFactory()

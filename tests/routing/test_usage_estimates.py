@@ -88,7 +88,7 @@ async def test_a_client_leaving_an_embeddings_call_frees_its_slot_and_leaves_an_
     from asgiref.sync import sync_to_async
 
     provider = await sync_to_async(fake_provider)(fake_upstream, ProviderKind.OPENAI)
-    model = await sync_to_async(model_on)(provider, "est-embed")
+    model = await sync_to_async(model_on)(provider, "est-embed", supports_embeddings=True)
     await sync_to_async(route)("est-embed-route", [model])
     _, _, raw = await sync_to_async(tenant_key)(max_concurrency=1)
     caches_clear()
