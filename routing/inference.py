@@ -99,6 +99,14 @@ RETRY_MAX_DELAY_S = 2.0
 
 
 @dataclass(slots=True)
+class _Chain:
+    """One attempt loop's budget, and whether its last attempt said "next step"."""
+
+    budget: AttemptBudget
+    move_on: bool = False
+
+
+@dataclass(slots=True)
 class AttemptRecord:
     model_id: int
     provider_id: int
@@ -165,10 +173,11 @@ class InferenceCall:
         self.deadline_s = max(1.0, self.hold_s - float(settings.GATEWAY_HOLD_MARGIN_SECONDS))
         self.admission: Admission | None = None
         self.attempts: list[AttemptRecord] = []
-        # Every upstream attempt of the chain, retries included, and every backoff draw on
-        # one budget capped by the route (options.max_attempts / max_total_wait_ms).
+        # Each attempt loop (one chain; a fan-out of n choices runs n) draws its attempts,
+        # retries included, and its backoff on its own budget capped by the route
+        # (options.max_attempts / max_total_wait_ms). `budget` is the latest one.
         self.budget = AttemptBudget.for_route(route)
-        self._move_on = False
+        self._chains: list[_Chain] = []
         # Every step failed and the route's default_message answered instead (billed 0).
         self.default_message_used = False
         self.served: Target | None = None
@@ -334,7 +343,8 @@ class InferenceCall:
         headers["x-gateway-attempts"] = str(len(self.attempts))
         headers["x-gateway-fallbacks"] = str(self.fallbacks)
         headers["x-gateway-cost-usd"] = format(self.cost, "f")
-        headers.update(should_retry_header(self.budget))
+        for chain in self._chains:
+            headers.update(should_retry_header(chain.budget))
         if self.default_message_used:
             headers["x-gateway-default-message"] = "true"
         if self.cache_state:
@@ -537,7 +547,13 @@ class InferenceCall:
             )
         )
 
-    async def _attempts(self):
+    def _chain_new(self) -> _Chain:
+        chain = _Chain(AttemptBudget.for_route(self.route))
+        self.budget = chain.budget
+        self._chains.append(chain)
+        return chain
+
+    async def _attempts(self, chain: _Chain):
         """Yields (target, retry_index) in strategy order, sleeping between retries. Each try
         first claims the deployment's breaker (a half-open one admits one probe at a time; one
         that opened during this request is not retried)."""
@@ -546,21 +562,23 @@ class InferenceCall:
         for target in targets:
             retries = max(0, target.provider.max_retries)
             for retry_index in range(retries + 1):
-                if self.budget.exhausted:
+                if chain.budget.exhausted:
                     break
                 if not breaker_acquire(target):
                     break
-                self.budget.take()
+                chain.budget.take()
                 tried = True
                 yield target, retry_index
-                if self._move_on:
+                if chain.move_on:
                     # The attempt said "next step": its remaining retries are not claimed.
-                    self._move_on = False
+                    chain.move_on = False
                     break
         if not tried:
             raise circuit_open_error(targets, route_name=self.route.name)
 
-    async def _handle_failure(self, target: Target, exc: ProviderError, retry_index: int) -> str:
+    async def _handle_failure(
+        self, target: Target, exc: ProviderError, retry_index: int, chain: _Chain
+    ) -> str:
         """Returns 'raise', 'retry' or 'next'. An upstream 401/403 is never retried on the same
         deployment (the next step may hold other credentials); a backoff that would exceed
         the route's total wait moves on to the next step at once."""
@@ -570,7 +588,7 @@ class InferenceCall:
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
             delay = retry_delay(retry_index, retry_after)
             if delay is not None:
-                delay = self.budget.wait(delay)
+                delay = chain.budget.wait(delay)
             if delay is not None:
                 await asyncio.sleep(delay)
                 return "retry"
@@ -580,7 +598,8 @@ class InferenceCall:
         if self._cached is not None:
             return self._cached_response()
         last_error: ProviderError | None = None
-        async for target, retry_index in self._attempts():
+        chain = self._chain_new()
+        async for target, retry_index in self._attempts(chain):
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             self._inflight = target
@@ -593,10 +612,10 @@ class InferenceCall:
                 self._landed(target, exc)
                 self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
                 last_error = exc
-                decision = await self._handle_failure(target, exc, retry_index)
+                decision = await self._handle_failure(target, exc, retry_index, chain)
                 if decision == "raise":
                     raise
-                self._move_on = decision == "next"
+                chain.move_on = decision == "next"
                 continue
             self._landed(target, None)
             self._record(target, started, 200)
@@ -617,7 +636,8 @@ class InferenceCall:
                 yield chunk
             return
         last_error: ProviderError | None = None
-        async for target, retry_index in self._attempts():
+        chain = self._chain_new()
+        async for target, retry_index in self._attempts(chain):
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
             iterator = adapter.stream_chat(self._request_for(chat, target))
@@ -653,10 +673,10 @@ class InferenceCall:
             self._landed(target, exc)
             self._record(target, started, exc.upstream_status or exc.status, exc.code, exc)
             last_error = exc
-            decision = await self._handle_failure(target, exc, retry_index)
+            decision = await self._handle_failure(target, exc, retry_index, chain)
             if decision == "raise":
                 raise exc
-            self._move_on = decision == "next"
+            chain.move_on = decision == "next"
         assert last_error is not None
         raise last_error
 
@@ -683,8 +703,9 @@ class InferenceCall:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         last_error: ProviderError | None = None
+        chain = self._chain_new()
         for target in target_order(self.route):
-            if not self.budget.take():
+            if not chain.budget.take():
                 break
             adapter = adapter_for(target.provider)
             started = time.perf_counter()
