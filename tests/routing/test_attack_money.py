@@ -23,7 +23,7 @@ def catalog(fake_upstream):
     anthropic = fake_provider(fake_upstream, ProviderKind.ANTHROPIC, name="atk-anthropic")
     route("atk-anthropic", [model_on(anthropic, "atk-anthropic-model")])
     openai = fake_provider(fake_upstream, ProviderKind.OPENAI, name="atk-openai")
-    route("atk-openai", [model_on(openai, "atk-openai-model")])
+    route("atk-openai", [model_on(openai, "atk-openai-model", supports_embeddings=True)])
     _, _, raw = tenant_key()
     caches_clear()
     return {"raw": raw, "fake": fake_upstream}
