@@ -335,6 +335,18 @@ async def _replay(ingress: Ingress, replay: IdempotentReplay) -> HttpResponse:
     )
 
 
+async def ingress_key_check(ingress: Ingress, request: HttpRequest) -> HttpResponse | None:
+    """For endpoints that need only the key (model lists and lookups): authenticate; a
+    refusal is recorded and answered in the ingress's shape (returned), else None with
+    `ingress.policy` set."""
+    try:
+        await ingress_authenticate(ingress, request_raw_key(request))
+    except GatewayError as error:
+        await ingress_refusal_record(ingress, error)
+        return ingress_error_response(ingress, error)
+    return None
+
+
 async def ingress_refusal_record(ingress: Ingress, error: GatewayError) -> None:
     """The record of a refusal (usage event when the key is known, metric, log); for
     ingresses that answer on their own (websocket frames)."""

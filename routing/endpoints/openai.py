@@ -20,15 +20,12 @@ from routing.inference import embedding_call_open, inference_call_open
 from routing.ingress import (
     call_error_response,
     call_respond,
-    ingress_authenticate,
-    ingress_error_response,
+    ingress_key_check,
     ingress_open,
-    ingress_refusal_record,
     ingress_reject,
     ingress_start,
     json_answer,
     payload_validate,
-    request_raw_key,
 )
 from routing.protocols.models import wants_anthropic_shape
 from routing.schemas import ChatCompletionIn, EmbeddingsIn, ErrorOut, ModelListOut
@@ -135,11 +132,10 @@ async def list_models(request: HttpRequest):
     ingress = ingress_start(
         request, endpoint="models", shape="anthropic" if anthropic_shape else "openai"
     )
-    try:
-        policy = await ingress_authenticate(ingress, request_raw_key(request))
-    except GatewayError as error:
-        await ingress_refusal_record(ingress, error)
-        return ingress_error_response(ingress, error)
+    if (refused := await ingress_key_check(ingress, request)) is not None:
+        return refused
+    policy = ingress.policy
+    assert policy is not None
     snapshot = await snapshot_get()
     if anthropic_shape:
         names = [n for n in snapshot.public_names() if policy.allows_model(n)]

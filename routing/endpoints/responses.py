@@ -19,14 +19,12 @@ from routing.ingress import (
     Ingress,
     call_error_response,
     call_respond,
-    ingress_authenticate,
     ingress_error_response,
+    ingress_key_check,
     ingress_open,
-    ingress_refusal_record,
     ingress_reject,
     ingress_start,
     json_answer_shaped,
-    request_raw_key,
 )
 from routing.protocols.choices import (
     admission_chat,
@@ -94,11 +92,8 @@ async def create_response(request: HttpRequest):
 
 async def _not_stored(request: HttpRequest, response_id: str) -> HttpResponse:
     ingress = ingress_start(request, endpoint="responses")
-    try:
-        await ingress_authenticate(ingress, request_raw_key(request))
-    except GatewayError as error:
-        await ingress_refusal_record(ingress, error)
-        return ingress_error_response(ingress, error)
+    if (refused := await ingress_key_check(ingress, request)) is not None:
+        return refused
     return ingress_error_response(
         ingress,
         GatewayError(
@@ -216,11 +211,10 @@ async def retrieve_model(request: HttpRequest, model_id: str):
     ingress = ingress_start(
         request, endpoint="models", shape="anthropic" if anthropic_shape else "openai"
     )
-    try:
-        policy = await ingress_authenticate(ingress, request_raw_key(request))
-    except GatewayError as error:
-        await ingress_refusal_record(ingress, error)
-        return ingress_error_response(ingress, error)
+    if (refused := await ingress_key_check(ingress, request)) is not None:
+        return refused
+    policy = ingress.policy
+    assert policy is not None
     snapshot = await snapshot_get()
     known = snapshot.resolve(model_id) is not None and policy.allows_model(model_id)
     if anthropic_shape:
